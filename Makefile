@@ -1,0 +1,106 @@
+# microtrain — everything from a fresh clone:  make test  |  make demo  |  make bench
+#
+# `make setup` installs what the rest needs: Debian packages (arm-none-eabi-gcc, qemu, socat; only
+# when missing, needs root), a venv with the pinned PyPI packages, and the MicroPython 1.23 core
+# sources from the PyPI sdist of mpy-cross-v6-3 (no GitHub needed).
+
+SHELL := /bin/bash
+.NOTPARALLEL:
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(abspath $(VENV))/bin/python
+BUILD := $(abspath build)
+DIST := $(abspath dist)
+MPY_DIR := $(BUILD)/micropython
+MPY_SDIST := mpy-cross-v6-3==1.1.1
+APT_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm socat
+NATMOD_ARCHS := x64 armv6m armv7m
+KERNEL_SRC := $(wildcard native_modules/mtkernels/kernels/*.c native_modules/mtkernels/kernels/*.S native_modules/mtkernels/kernels/*.h)
+MODULE_SRC := $(KERNEL_SRC) native_modules/mtkernels/mtkernels.c native_modules/mtkernels/Makefile
+HOSTPORT := $(BUILD)/hostport/micropython-host
+HOST_KERNELS := $(BUILD)/host/libmtkernels_sanitized.so
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+export MICROTRAIN_MPY_DIR := $(MPY_DIR)
+export MICROTRAIN_DIST := $(DIST)
+export MICROTRAIN_BUILD := $(BUILD)
+
+.PHONY: all setup natmods xtensawin hostport host-kernels test test-fast bench demo clean distclean
+
+all: natmods
+
+setup: $(BUILD)/.apt $(VENV)/.installed $(MPY_DIR)/py/py.mk
+
+$(BUILD)/.apt:
+	@mkdir -p $(BUILD)
+	@if ! command -v arm-none-eabi-gcc >/dev/null || ! command -v qemu-system-arm >/dev/null \
+	    || ! command -v socat >/dev/null; then \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+$(MPY_DIR)/py/py.mk: | $(VENV)/.installed
+	rm -rf $(BUILD)/sdist && mkdir -p $(BUILD)/sdist
+	$(VENV)/bin/pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+	    -d $(BUILD)/sdist $(MPY_SDIST)
+	tar -xzf $(BUILD)/sdist/*.tar.gz -C $(BUILD)/sdist
+	rm -rf $(MPY_DIR) && mv $(BUILD)/sdist/*/micropython $(MPY_DIR)
+	@touch $@
+
+# ---- native modules: dist/<arch>_6.3/mtkernels.mpy + mip package.json ------------------------
+
+natmods: setup $(foreach a,$(NATMOD_ARCHS),$(DIST)/$(a)_6.3/mtkernels.mpy $(DIST)/$(a)_6.3/package.json) xtensawin
+
+$(DIST)/%_6.3/mtkernels.mpy: $(MODULE_SRC) | $(MPY_DIR)/py/py.mk
+	$(MAKE) -s -C native_modules/mtkernels MPY_DIR=$(MPY_DIR) ARCH=$* BUILD=$(BUILD)/natmod/$* PYTHON=$(PY)
+	@mkdir -p $(@D) && mv native_modules/mtkernels/mtkernels.mpy $@
+
+$(DIST)/%_6.3/package.json: tools/mip_package.py
+	@mkdir -p $(@D) && $(PY) tools/mip_package.py $(@D) > $@
+
+xtensawin:
+	@if command -v xtensa-esp32-elf-gcc >/dev/null; then \
+	  $(MAKE) $(DIST)/xtensawin_6.3/mtkernels.mpy $(DIST)/xtensawin_6.3/package.json; \
+	else \
+	  echo "xtensawin (ESP32-S3): skipped, needs the ESP-IDF toolchain (xtensa-esp32-elf-gcc), not installed here"; \
+	fi
+
+# ---- the MicroPython host runner with the kernels built in as a user C module ---------------
+
+hostport: $(HOSTPORT)
+
+$(HOSTPORT): $(MODULE_SRC) native_modules/mtkernels/micropython.mk $(wildcard firmware/hostport/*) | setup
+	$(MAKE) -s -C firmware/hostport MPY_DIR=$(MPY_DIR) BUILD=$(BUILD)/hostport \
+	    USER_C_MODULES=$(abspath native_modules) PYTHON=$(PY)
+
+# ---- the kernels as a host shared library with sanitizers (test tier 2) ---------------------
+
+host-kernels: $(HOST_KERNELS)
+
+$(HOST_KERNELS): $(KERNEL_SRC)
+	@mkdir -p $(@D)
+	gcc -std=c99 -O1 -g -Wall -Wextra -Werror -fPIC -shared $(SANITIZE) \
+	    -o $@ $(filter %.c,$(KERNEL_SRC))
+
+# ---- tests, benchmarks, demo ------------------------------------------------------------------
+
+test: setup natmods hostport host-kernels
+	$(PY) -m pytest -q -m "not sanitized" tests
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	    ASAN_OPTIONS=detect_leaks=0 $(PY) -m pytest -q --capture=sys -m sanitized tests
+
+bench: setup natmods
+	$(PY) -m bench.kernels
+
+clean:
+	rm -rf $(BUILD)/natmod $(BUILD)/hostport $(BUILD)/host $(DIST) native_modules/mtkernels/build
+
+distclean: clean
+	rm -rf $(BUILD) $(VENV)

@@ -1,0 +1,696 @@
+// MicroPython binding of the microtrain kernels: module `mtkernels`.
+//
+// One source for both builds: a user C module (micropython.mk / micropython.cmake, compiled into
+// the firmware) and a dynamic native module (.mpy, Makefile + py/dynruntime.mk).
+//
+// Every function checks its arguments before any kernel runs: buffer element types, exact
+// lengths, alignment, geometry limits and the int32 overflow bounds stated in the kernels.
+// Errors are ValueError/TypeError whose message starts with the argument's name.
+//
+// Buffers: an int8 argument takes a buffer of typecode 'b' or raw bytes ('B': bytes, bytearray,
+// memoryview slices of the arena); int16/int32/uint16/uint32 arguments take 'h'/'i'/'H'/'I'
+// arrays or raw bytes of the right length.  Outputs must be writable.
+
+#ifdef MICROPY_ENABLE_DYNRUNTIME
+#include "py/dynruntime.h"
+#else
+#include "py/runtime.h"
+#endif
+
+#include "kernels/mt_kernels.h"
+
+// ---- argument checking -----------------------------------------------------------------------
+
+enum { T_S8, T_S16, T_S32, T_U16, T_U32, T_RAW };
+enum { F_OUT = 1, F_OPT = 2, F_ATLEAST = 4 };
+
+#define MT_MAX_DIM 4096
+#define MT_MAX_ELEMS (1 << 24)
+
+typedef struct {
+    char text[96];
+    size_t len;
+} msg_t;
+
+static void msg_str(msg_t *m, const char *s) {
+    while (*s && m->len < sizeof(m->text) - 1) {
+        m->text[m->len++] = *s++;
+    }
+}
+
+static void msg_int(msg_t *m, mp_int_t v) {
+    // digits by subtracting powers of ten: an ARMv6-M native module cannot call libgcc's divider
+    mp_uint_t u = v < 0 ? (mp_uint_t)0 - (mp_uint_t)v : (mp_uint_t)v;
+    mp_uint_t pow10[20];
+    int n = 0;
+    pow10[0] = 1;
+    while (n < 19 && pow10[n] <= (mp_uint_t)-1 / 10u && pow10[n] * 10u <= u) {
+        pow10[n + 1] = pow10[n] * 10u;
+        n++;
+    }
+    if (v < 0) {
+        msg_str(m, "-");
+    }
+    for (; n >= 0; n--) {
+        char d = '0';
+        while (u >= pow10[n]) {
+            u -= pow10[n];
+            d++;
+        }
+        if (m->len < sizeof(m->text) - 1) {
+            m->text[m->len++] = d;
+        }
+    }
+}
+
+static NORETURN void raise_msg(const mp_obj_type_t *type, msg_t *m) {
+    mp_raise_type_arg(type, mp_obj_new_str(m->text, m->len));
+}
+
+static NORETURN void arg_error(const mp_obj_type_t *type, const char *name, const char *what) {
+    msg_t m;
+    m.len = 0;
+    msg_str(&m, name);
+    msg_str(&m, ": ");
+    msg_str(&m, what);
+    raise_msg(type, &m);
+}
+
+static NORETURN void range_error(const char *name, mp_int_t lo, mp_int_t hi, mp_int_t got) {
+    msg_t m;
+    m.len = 0;
+    msg_str(&m, name);
+    msg_str(&m, ": must be in [");
+    msg_int(&m, lo);
+    msg_str(&m, ", ");
+    msg_int(&m, hi);
+    msg_str(&m, "], got ");
+    msg_int(&m, got);
+    raise_msg(&mp_type_ValueError, &m);
+}
+
+static mp_int_t int_arg(mp_obj_t o, mp_int_t lo, mp_int_t hi, const char *name) {
+    if (!mp_obj_is_int(o)) {
+        arg_error(&mp_type_TypeError, name, "expected an int");
+    }
+    mp_int_t v = mp_obj_get_int(o);
+    if (v < lo || v > hi) {
+        range_error(name, lo, hi, v);
+    }
+    return v;
+}
+
+// Element types as switch statements rather than tables of pointers (no relocated data).
+static const char *type_name(int t) {
+    switch (t) {
+        case T_S8: return "int8";
+        case T_S16: return "int16";
+        case T_S32: return "int32";
+        case T_U16: return "uint16";
+        case T_U32: return "uint32";
+        default: return "byte";
+    }
+}
+
+static int type_size(int t) {
+    return t == T_S16 || t == T_U16 ? 2 : t == T_S32 || t == T_U32 ? 4 : 1;
+}
+
+static char type_code(int t) {
+    switch (t) {
+        case T_S8: return 'b';
+        case T_S16: return 'h';
+        case T_S32: return 'i';
+        case T_U16: return 'H';
+        case T_U32: return 'I';
+        default: return 'B';
+    }
+}
+
+// Returns the buffer of `o` holding n elements of type t (at least n with F_ATLEAST), or NULL
+// for None with F_OPT.
+static void *buf_arg(mp_obj_t o, int t, mp_int_t n, int flags, const char *name) {
+    if ((flags & F_OPT) && o == mp_const_none) {
+        return NULL;
+    }
+    mp_buffer_info_t bi;
+    if (!mp_get_buffer(o, &bi, (flags & F_OUT) ? MP_BUFFER_WRITE : MP_BUFFER_READ)) {
+        msg_t m;
+    m.len = 0;
+        msg_str(&m, name);
+        msg_str(&m, (flags & F_OUT) ? ": expected a writable " : ": expected a ");
+        msg_str(&m, type_name(t));
+        msg_str(&m, " buffer");
+        raise_msg(&mp_type_TypeError, &m);
+    }
+    // raw bytes: bytes and array('B') report 'B', bytearray and its memoryviews report 1
+    int tc = bi.typecode;
+    if (tc != type_code(t) && tc != 'B' && tc != 1) {
+        msg_t m;
+    m.len = 0;
+        msg_str(&m, name);
+        msg_str(&m, ": expected ");
+        msg_str(&m, type_name(t));
+        msg_str(&m, " elements (typecode '");
+        m.text[m.len++] = type_code(t);
+        msg_str(&m, "' or raw bytes)");
+        raise_msg(&mp_type_TypeError, &m);
+    }
+    mp_int_t need = n * type_size(t);
+    mp_int_t have = (mp_int_t)bi.len;
+    if ((flags & F_ATLEAST) ? have < need : have != need) {
+        msg_t m;
+    m.len = 0;
+        msg_str(&m, name);
+        msg_str(&m, (flags & F_ATLEAST) ? ": needs at least " : ": expected ");
+        msg_int(&m, need);
+        msg_str(&m, " bytes, got ");
+        msg_int(&m, have);
+        raise_msg(&mp_type_ValueError, &m);
+    }
+    if (((uintptr_t)bi.buf & (uintptr_t)(type_size(t) - 1)) != 0 || ((flags & F_ATLEAST) && t == T_RAW && ((uintptr_t)bi.buf & 3))) {
+        arg_error(&mp_type_ValueError, name, "buffer is not aligned to its element size");
+    }
+    return bi.buf;
+}
+
+static void geom_arg(mp_obj_t o, mt_geom_t *g) {
+    const int32_t *a = buf_arg(o, T_S32, MT_GEOM_FIELDS, 0, "geom");
+    // field names, one per space-separated word, for the error message
+    const char *names = "in_h in_w in_c out_h out_w out_c k_h k_w stride_h stride_w pad_t pad_l depth_mult";
+    for (int i = 0; i < MT_GEOM_FIELDS; i++) {
+        int32_t lo = (i == 10 || i == 11) ? 0 : 1;
+        int32_t hi = MT_MAX_DIM;
+        if (i == 10) {
+            hi = a[6] - 1;  // padding smaller than the kernel
+        } else if (i == 11) {
+            hi = a[7] - 1;
+        } else if (i == 6 || i == 7 || i == 8 || i == 9 || i == 12) {
+            hi = 64;
+        }
+        if (a[i] < lo || a[i] > hi) {
+            char name[24];
+            size_t len = 0;
+            for (const char *q = "geom."; *q; q++) {
+                name[len++] = *q;
+            }
+            const char *p = names;
+            for (int word = 0; word < i; p++) {
+                word += *p == ' ';
+            }
+            while (*p && *p != ' ' && len < sizeof(name) - 1) {
+                name[len++] = *p++;
+            }
+            name[len] = 0;
+            range_error(name, lo, hi, a[i]);
+        }
+    }
+    g->in_h = a[0];
+    g->in_w = a[1];
+    g->in_c = a[2];
+    g->out_h = a[3];
+    g->out_w = a[4];
+    g->out_c = a[5];
+    g->k_h = a[6];
+    g->k_w = a[7];
+    g->stride_h = a[8];
+    g->stride_w = a[9];
+    g->pad_t = a[10];
+    g->pad_l = a[11];
+    g->depth_mult = a[12];
+    if ((mp_int_t)g->in_h * g->in_w * g->in_c > MT_MAX_ELEMS || (mp_int_t)g->out_h * g->out_w * g->out_c > MT_MAX_ELEMS) {
+        arg_error(&mp_type_ValueError, "geom", "more than 2^24 elements");
+    }
+}
+
+static void geom_kind(const mt_geom_t *g, int depthwise) {
+    if (depthwise ? g->out_c != g->in_c * g->depth_mult : g->depth_mult != 1) {
+        arg_error(&mp_type_ValueError, "geom", depthwise ? "out_c must be in_c * depth_mult" : "depth_mult must be 1");
+    }
+}
+
+static mp_int_t n_in(const mt_geom_t *g) {
+    return (mp_int_t)g->in_h * g->in_w * g->in_c;
+}
+
+static mp_int_t n_out(const mt_geom_t *g) {
+    return (mp_int_t)g->out_h * g->out_w * g->out_c;
+}
+
+static mp_int_t taps(const mt_geom_t *g) {
+    return (mp_int_t)g->k_h * g->k_w;
+}
+
+// Requantization arguments (mult, shift, zy, act_min, act_max) starting at args[0].
+static void requant_arg(const mp_obj_t *args, int32_t out_c, mt_requant_t *rq) {
+    mp_buffer_info_t bi;
+    mp_int_t n = mp_get_buffer(args[0], &bi, MP_BUFFER_READ) && bi.len == 4 ? 1 : out_c;
+    rq->mult = buf_arg(args[0], T_S32, n, 0, "mult");
+    rq->shift = buf_arg(args[1], T_S32, n, 0, "shift");
+    rq->per_channel = n != 1 || out_c == 1;
+    for (mp_int_t i = 0; i < n; i++) {
+        if (rq->mult[i] < 0) {
+            range_error("mult", 0, INT32_MAX, rq->mult[i]);
+        }
+        if (rq->shift[i] < -31 || rq->shift[i] > 30) {
+            range_error("shift", -31, 30, rq->shift[i]);
+        }
+    }
+    rq->zy = int_arg(args[2], -128, 127, "zy");
+    rq->act_min = int_arg(args[3], -128, 127, "act_min");
+    rq->act_max = int_arg(args[4], rq->act_min, 127, "act_max");
+}
+
+static void check_grad_bound(const int16_t *g, mp_int_t n, mp_int_t factor, const char *what) {
+    mp_int_t max = 0;
+    for (mp_int_t i = 0; i < n; i++) {
+        mp_int_t v = g[i] < 0 ? -g[i] : g[i];
+        if (v > max) {
+            max = v;
+        }
+    }
+    // max * factor < 2^31 without overflowing a 32-bit mp_int_t
+    if (max && factor > (mp_int_t)((((mp_uint_t)1 << 31) - 1) / (mp_uint_t)max)) {
+        arg_error(&mp_type_ValueError, "gy", what);
+    }
+}
+
+// Update arguments shared by conv_update and dwconv_update: args[0] = rows ... args[7] = rng.
+static void update_arg(const mp_obj_t *args, const mt_geom_t *g, int32_t *bias, mt_update_t *u) {
+    mp_buffer_info_t bi;
+    if (!mp_get_buffer(args[0], &bi, MP_BUFFER_READ)) {
+        arg_error(&mp_type_TypeError, "rows", "expected a uint16 buffer");
+    }
+    u->n_rows = (int32_t)(bi.len >> 1);
+    u->rows = buf_arg(args[0], T_U16, u->n_rows, 0, "rows");
+    for (int32_t r = 0; r < u->n_rows; r++) {
+        if (u->rows[r] >= g->out_c || (r > 0 && u->rows[r] <= u->rows[r - 1])) {
+            arg_error(&mp_type_ValueError, "rows", "must be ascending output channels < out_c");
+        }
+    }
+    u->cin_lo = int_arg(args[1], 0, g->in_c, "cin_lo");
+    u->cin_hi = int_arg(args[2], u->cin_lo, g->in_c, "cin_hi");
+    int weights = u->cin_hi > u->cin_lo;
+    u->w_mult = buf_arg(args[3], T_S32, g->out_c, weights ? 0 : F_OPT, "w_mult");
+    u->w_shift = buf_arg(args[4], T_S32, g->out_c, weights ? 0 : F_OPT, "w_shift");
+    u->b_mult = buf_arg(args[5], T_S32, g->out_c, F_OPT, "b_mult");
+    u->b_shift = buf_arg(args[6], T_S32, g->out_c, u->b_mult ? 0 : F_OPT, "b_shift");
+    if (u->b_mult && !bias) {
+        arg_error(&mp_type_ValueError, "bias", "required when b_mult is given");
+    }
+    for (int32_t c = 0; c < g->out_c; c++) {
+        if ((u->w_shift && (u->w_shift[c] < -64 || u->w_shift[c] > 64)) || (u->b_shift && (u->b_shift[c] < -64 || u->b_shift[c] > 64))) {
+            arg_error(&mp_type_ValueError, "w_shift/b_shift", "must be in [-64, 64]");
+        }
+    }
+    u->rng = buf_arg(args[7], T_U32, 1, F_OUT, "rng");
+    if (*u->rng == 0) {
+        arg_error(&mp_type_ValueError, "rng", "state must not be 0");
+    }
+}
+
+// ---- functions -------------------------------------------------------------------------------
+
+// requantize(acc, mult, shift) -> int: TFLite MultiplyByQuantizedMultiplier of one value.
+static mp_obj_t mtk_requantize(mp_obj_t acc, mp_obj_t mult, mp_obj_t shift) {
+    return mp_obj_new_int(mt_requantize(int_arg(acc, INT32_MIN, INT32_MAX, "acc"),
+        int_arg(mult, 0, INT32_MAX, "mult"), int_arg(shift, -31, 30, "shift")));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(mtk_requantize_obj, mtk_requantize);
+
+// conv_forward_scratch(geom) / conv_update_scratch(geom, cin_lo, cin_hi) -> bytes of scratch
+static mp_obj_t mtk_conv_forward_scratch(mp_obj_t geom) {
+    mt_geom_t g;
+    geom_arg(geom, &g);
+    return mp_obj_new_int(mt_conv_scratch_forward(&g));
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(mtk_conv_forward_scratch_obj, mtk_conv_forward_scratch);
+
+static mp_obj_t mtk_conv_update_scratch(mp_obj_t geom, mp_obj_t lo, mp_obj_t hi) {
+    mt_geom_t g;
+    geom_arg(geom, &g);
+    mt_update_t u;
+    u.cin_lo = int_arg(lo, 0, g.in_c, "cin_lo");
+    u.cin_hi = int_arg(hi, u.cin_lo, g.in_c, "cin_hi");
+    return mp_obj_new_int(mt_conv_scratch_update(&g, &u));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(mtk_conv_update_scratch_obj, mtk_conv_update_scratch);
+
+// conv_forward(geom, x, zx, w, bias, mult, shift, zy, act_min, act_max, y, mask, scratch)
+static mp_obj_t mtk_conv_forward(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mt_geom_t g;
+    geom_arg(args[0], &g);
+    geom_kind(&g, 0);
+    mp_int_t K = taps(&g) * g.in_c;
+    if (K > 65536) {
+        arg_error(&mp_type_ValueError, "geom", "k_h * k_w * in_c must be <= 65536");
+    }
+    const int8_t *x = buf_arg(args[1], T_S8, n_in(&g), 0, "x");
+    int32_t zx = int_arg(args[2], -128, 127, "zx");
+    const int8_t *w = buf_arg(args[3], T_S8, g.out_c * K, 0, "w");
+    const int32_t *bias = buf_arg(args[4], T_S32, g.out_c, F_OPT, "bias");
+    mt_requant_t rq;
+    requant_arg(args + 5, g.out_c, &rq);
+    int8_t *y = buf_arg(args[10], T_S8, n_out(&g), F_OUT, "y");
+    uint8_t *mask = buf_arg(args[11], T_RAW, (n_out(&g) + 7) >> 3, F_OUT | F_OPT | F_ATLEAST, "mask");
+    int16_t *scratch = buf_arg(args[12], T_RAW, mt_conv_scratch_forward(&g), F_OUT | F_ATLEAST, "scratch");
+    mt_conv_forward(&g, x, zx, w, bias, &rq, y, mask, scratch);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_conv_forward_obj, 13, 13, mtk_conv_forward);
+
+// conv_input_grad(geom, gy, w, gx_acc)
+static mp_obj_t mtk_conv_input_grad(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mt_geom_t g;
+    geom_arg(args[0], &g);
+    geom_kind(&g, 0);
+    const int16_t *gy = buf_arg(args[1], T_S16, n_out(&g), 0, "gy");
+    const int8_t *w = buf_arg(args[2], T_S8, g.out_c * taps(&g) * g.in_c, 0, "w");
+    int32_t *gx = buf_arg(args[3], T_S32, n_in(&g), F_OUT, "gx_acc");
+    check_grad_bound(gy, n_out(&g), 128 * g.out_c * taps(&g), "max|gy| * 128 * out_c * k_h * k_w must be < 2^31");
+    mt_conv_input_grad(&g, gy, w, gx);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_conv_input_grad_obj, 4, 4, mtk_conv_input_grad);
+
+// conv_update(geom, x, zx, gy, g_exp, w, bias, rows, cin_lo, cin_hi, w_mult, w_shift,
+//             b_mult, b_shift, rng, scratch)
+static mp_obj_t mtk_conv_update(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mt_geom_t g;
+    geom_arg(args[0], &g);
+    geom_kind(&g, 0);
+    const int8_t *x = buf_arg(args[1], T_S8, n_in(&g), 0, "x");
+    int32_t zx = int_arg(args[2], -128, 127, "zx");
+    const int16_t *gy = buf_arg(args[3], T_S16, n_out(&g), 0, "gy");
+    int32_t g_exp = int_arg(args[4], -64, 64, "g_exp");
+    int8_t *w = buf_arg(args[5], T_S8, g.out_c * taps(&g) * g.in_c, F_OUT, "w");
+    int32_t *bias = buf_arg(args[6], T_S32, g.out_c, F_OUT | F_OPT, "bias");
+    mt_update_t u;
+    update_arg(args + 7, &g, bias, &u);
+    mp_int_t M = (mp_int_t)g.out_h * g.out_w;
+    check_grad_bound(gy, n_out(&g), u.cin_hi > u.cin_lo ? 255 * M : M, "max|gy| * 255 * out_h * out_w must be < 2^31");
+    void *scratch = buf_arg(args[15], T_RAW, mt_conv_scratch_update(&g, &u), F_OUT | F_ATLEAST, "scratch");
+    mt_conv_update(&g, x, zx, gy, g_exp, w, bias, &u, scratch);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_conv_update_obj, 16, 16, mtk_conv_update);
+
+// dwconv_forward(geom, x, zx, w, bias, mult, shift, zy, act_min, act_max, y, mask)
+static mp_obj_t mtk_dwconv_forward(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mt_geom_t g;
+    geom_arg(args[0], &g);
+    geom_kind(&g, 1);
+    const int8_t *x = buf_arg(args[1], T_S8, n_in(&g), 0, "x");
+    int32_t zx = int_arg(args[2], -128, 127, "zx");
+    const int8_t *w = buf_arg(args[3], T_S8, taps(&g) * g.out_c, 0, "w");
+    const int32_t *bias = buf_arg(args[4], T_S32, g.out_c, F_OPT, "bias");
+    mt_requant_t rq;
+    requant_arg(args + 5, g.out_c, &rq);
+    int8_t *y = buf_arg(args[10], T_S8, n_out(&g), F_OUT, "y");
+    uint8_t *mask = buf_arg(args[11], T_RAW, (n_out(&g) + 7) >> 3, F_OUT | F_OPT | F_ATLEAST, "mask");
+    mt_dwconv_forward(&g, x, zx, w, bias, &rq, y, mask);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_dwconv_forward_obj, 12, 12, mtk_dwconv_forward);
+
+// dwconv_input_grad(geom, gy, w, gx_acc)
+static mp_obj_t mtk_dwconv_input_grad(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mt_geom_t g;
+    geom_arg(args[0], &g);
+    geom_kind(&g, 1);
+    const int16_t *gy = buf_arg(args[1], T_S16, n_out(&g), 0, "gy");
+    const int8_t *w = buf_arg(args[2], T_S8, taps(&g) * g.out_c, 0, "w");
+    int32_t *gx = buf_arg(args[3], T_S32, n_in(&g), F_OUT, "gx_acc");
+    check_grad_bound(gy, n_out(&g), 128 * taps(&g) * g.depth_mult, "max|gy| * 128 * k_h * k_w * depth_mult must be < 2^31");
+    mt_dwconv_input_grad(&g, gy, w, gx);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_dwconv_input_grad_obj, 4, 4, mtk_dwconv_input_grad);
+
+// dwconv_update(geom, x, zx, gy, g_exp, w, bias, rows, cin_lo, cin_hi, w_mult, w_shift,
+//               b_mult, b_shift, rng, scratch): cin_hi > cin_lo trains the taps of `rows`.
+static mp_obj_t mtk_dwconv_update(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mt_geom_t g;
+    geom_arg(args[0], &g);
+    geom_kind(&g, 1);
+    const int8_t *x = buf_arg(args[1], T_S8, n_in(&g), 0, "x");
+    int32_t zx = int_arg(args[2], -128, 127, "zx");
+    const int16_t *gy = buf_arg(args[3], T_S16, n_out(&g), 0, "gy");
+    int32_t g_exp = int_arg(args[4], -64, 64, "g_exp");
+    int8_t *w = buf_arg(args[5], T_S8, taps(&g) * g.out_c, F_OUT, "w");
+    int32_t *bias = buf_arg(args[6], T_S32, g.out_c, F_OUT | F_OPT, "bias");
+    mt_update_t u;
+    update_arg(args + 7, &g, bias, &u);
+    mp_int_t M = (mp_int_t)g.out_h * g.out_w;
+    check_grad_bound(gy, n_out(&g), u.cin_hi > u.cin_lo ? 255 * M : M, "max|gy| * 255 * out_h * out_w must be < 2^31");
+    int32_t *scratch = buf_arg(args[15], T_RAW, 4 * taps(&g), F_OUT | F_ATLEAST, "scratch");
+    mt_dwconv_update(&g, x, zx, gy, g_exp, w, bias, &u, scratch);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_dwconv_update_obj, 16, 16, mtk_dwconv_update);
+
+static void pool_geom(mp_obj_t o, mt_geom_t *g) {
+    geom_arg(o, g);
+    if (g->in_c != g->out_c || g->depth_mult != 1) {
+        arg_error(&mp_type_ValueError, "geom", "pooling needs in_c == out_c and depth_mult 1");
+    }
+}
+
+// maxpool_forward(geom, x, y)
+static mp_obj_t mtk_maxpool_forward(mp_obj_t geom, mp_obj_t x_in, mp_obj_t y_out) {
+    mt_geom_t g;
+    pool_geom(geom, &g);
+    const int8_t *x = buf_arg(x_in, T_S8, n_in(&g), 0, "x");
+    int8_t *y = buf_arg(y_out, T_S8, n_out(&g), F_OUT, "y");
+    mt_maxpool_forward(&g, x, y);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(mtk_maxpool_forward_obj, mtk_maxpool_forward);
+
+// maxpool_input_grad(geom, x, gy, gx_acc)
+static mp_obj_t mtk_maxpool_input_grad(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mt_geom_t g;
+    pool_geom(args[0], &g);
+    const int8_t *x = buf_arg(args[1], T_S8, n_in(&g), 0, "x");
+    const int16_t *gy = buf_arg(args[2], T_S16, n_out(&g), 0, "gy");
+    int32_t *gx = buf_arg(args[3], T_S32, n_in(&g), F_OUT, "gx_acc");
+    mt_maxpool_input_grad(&g, x, gy, gx);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_maxpool_input_grad_obj, 4, 4, mtk_maxpool_input_grad);
+
+// avgpool_forward(geom, x, act_min, act_max, y)
+static mp_obj_t mtk_avgpool_forward(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mt_geom_t g;
+    pool_geom(args[0], &g);
+    const int8_t *x = buf_arg(args[1], T_S8, n_in(&g), 0, "x");
+    int32_t lo = int_arg(args[2], -128, 127, "act_min");
+    int32_t hi = int_arg(args[3], lo, 127, "act_max");
+    int8_t *y = buf_arg(args[4], T_S8, n_out(&g), F_OUT, "y");
+    mt_avgpool_forward(&g, x, lo, hi, y);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_avgpool_forward_obj, 5, 5, mtk_avgpool_forward);
+
+// avgpool_input_grad(geom, gy, gx_acc): gx_acc scale is 2^(g_exp - 13)
+static mp_obj_t mtk_avgpool_input_grad(mp_obj_t geom, mp_obj_t gy_in, mp_obj_t gx_out) {
+    mt_geom_t g;
+    pool_geom(geom, &g);
+    const int16_t *gy = buf_arg(gy_in, T_S16, n_out(&g), 0, "gy");
+    int32_t *gx = buf_arg(gx_out, T_S32, n_in(&g), F_OUT, "gx_acc");
+    mt_avgpool_input_grad(&g, gy, gx);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(mtk_avgpool_input_grad_obj, mtk_avgpool_input_grad);
+
+// add_forward(x1, x2, params, y, mask): params int32[12] (see mt_add_params_t)
+static mp_obj_t mtk_add_forward(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mp_buffer_info_t bi;
+    if (!mp_get_buffer(args[0], &bi, MP_BUFFER_READ)) {
+        arg_error(&mp_type_TypeError, "x1", "expected an int8 buffer");
+    }
+    mp_int_t n = (mp_int_t)bi.len;
+    const int8_t *x1 = buf_arg(args[0], T_S8, n, 0, "x1");
+    const int8_t *x2 = buf_arg(args[1], T_S8, n, 0, "x2");
+    const int32_t *a = buf_arg(args[2], T_S32, MT_ADD_FIELDS, 0, "params");
+    mt_add_params_t p;
+    p.z1 = a[0];
+    p.z2 = a[1];
+    p.zy = a[2];
+    p.left_shift = a[3];
+    p.mult1 = a[4];
+    p.shift1 = a[5];
+    p.mult2 = a[6];
+    p.shift2 = a[7];
+    p.mult_y = a[8];
+    p.shift_y = a[9];
+    p.act_min = a[10];
+    p.act_max = a[11];
+    if (p.z1 < -128 || p.z1 > 127 || p.z2 < -128 || p.z2 > 127 || p.zy < -128 || p.zy > 127
+        || p.left_shift < 0 || p.left_shift > 22 || p.mult1 < 0 || p.mult2 < 0 || p.mult_y < 0
+        || p.shift1 < -31 || p.shift1 > 0 || p.shift2 < -31 || p.shift2 > 0 || p.shift_y < -31 || p.shift_y > 0
+        || p.act_min < -128 || p.act_max > 127 || p.act_min > p.act_max) {
+        arg_error(&mp_type_ValueError, "params", "out of range (zero points int8, left_shift 0..22, shifts -31..0)");
+    }
+    int8_t *y = buf_arg(args[3], T_S8, n, F_OUT, "y");
+    uint8_t *mask = buf_arg(args[4], T_RAW, (n + 7) >> 3, F_OUT | F_OPT | F_ATLEAST, "mask");
+    mt_add_forward((int32_t)n, x1, x2, &p, y, mask);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_add_forward_obj, 5, 5, mtk_add_forward);
+
+// clamp_forward(x, lo, hi, y, mask): ReLU / ReLU6 on int8 (y may be x)
+static mp_obj_t mtk_clamp_forward(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mp_buffer_info_t bi;
+    if (!mp_get_buffer(args[0], &bi, MP_BUFFER_READ)) {
+        arg_error(&mp_type_TypeError, "x", "expected an int8 buffer");
+    }
+    mp_int_t n = (mp_int_t)bi.len;
+    const int8_t *x = buf_arg(args[0], T_S8, n, 0, "x");
+    int32_t lo = int_arg(args[1], -128, 127, "lo");
+    int32_t hi = int_arg(args[2], lo, 127, "hi");
+    int8_t *y = buf_arg(args[3], T_S8, n, F_OUT, "y");
+    uint8_t *mask = buf_arg(args[4], T_RAW, (n + 7) >> 3, F_OUT | F_OPT | F_ATLEAST, "mask");
+    mt_clamp_forward((int32_t)n, x, lo, hi, y, mask);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_clamp_forward_obj, 5, 5, mtk_clamp_forward);
+
+// softmax_forward(x, rows, depth, beta_mult, beta_left_shift, diff_min, y)
+static mp_obj_t mtk_softmax_forward(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    int32_t rows = int_arg(args[1], 1, MT_MAX_ELEMS, "rows");
+    int32_t depth = int_arg(args[2], 1, 4096, "depth");
+    if ((mp_int_t)rows * depth > MT_MAX_ELEMS) {
+        arg_error(&mp_type_ValueError, "rows", "rows * depth must be <= 2^24");
+    }
+    const int8_t *x = buf_arg(args[0], T_S8, (mp_int_t)rows * depth, 0, "x");
+    int32_t mult = int_arg(args[3], 0, INT32_MAX, "beta_mult");
+    int32_t shift = int_arg(args[4], 0, 31, "beta_left_shift");
+    int32_t diff_min = int_arg(args[5], INT32_MIN, 0, "diff_min");
+    int8_t *y = buf_arg(args[6], T_S8, (mp_int_t)rows * depth, F_OUT, "y");
+    mt_softmax_forward(rows, depth, x, mult, shift, diff_min, y);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_softmax_forward_obj, 7, 7, mtk_softmax_forward);
+
+// softmax_grad(y, label, gy): gradient at the logits, g_exp = -15
+static mp_obj_t mtk_softmax_grad(mp_obj_t y_in, mp_obj_t label_in, mp_obj_t gy_out) {
+    mp_buffer_info_t bi;
+    if (!mp_get_buffer(y_in, &bi, MP_BUFFER_READ)) {
+        arg_error(&mp_type_TypeError, "y", "expected an int8 buffer");
+    }
+    int32_t depth = (int32_t)bi.len;
+    const int8_t *y = buf_arg(y_in, T_S8, depth, 0, "y");
+    int32_t label = int_arg(label_in, 0, depth - 1, "label");
+    int16_t *gy = buf_arg(gy_out, T_S16, depth, F_OUT, "gy");
+    mt_softmax_grad(depth, y, label, gy);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(mtk_softmax_grad_obj, mtk_softmax_grad);
+
+// grad_rescale(gy, m, n, mult, shift, out): per-channel (n channels) rescale to int16
+static mp_obj_t mtk_grad_rescale(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    int32_t m = int_arg(args[1], 1, MT_MAX_ELEMS, "m");
+    int32_t n = int_arg(args[2], 1, MT_MAX_ELEMS, "n");
+    if ((mp_int_t)m * n > MT_MAX_ELEMS) {
+        arg_error(&mp_type_ValueError, "m", "m * n must be <= 2^24");
+    }
+    const int16_t *gy = buf_arg(args[0], T_S16, (mp_int_t)m * n, 0, "gy");
+    const int32_t *mult = buf_arg(args[3], T_S32, n, 0, "mult");
+    const int32_t *shift = buf_arg(args[4], T_S32, n, 0, "shift");
+    int16_t *out = buf_arg(args[5], T_S16, (mp_int_t)m * n, F_OUT, "out");
+    mt_grad_rescale(m, n, gy, mult, shift, out);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_grad_rescale_obj, 6, 6, mtk_grad_rescale);
+
+// grad_narrow(acc, mask, out) -> r: out = round(acc / 2^r) (0 where masked), max|out| < 2^14
+static mp_obj_t mtk_grad_narrow(mp_obj_t acc_in, mp_obj_t mask_in, mp_obj_t out_in) {
+    mp_buffer_info_t bi;
+    if (!mp_get_buffer(acc_in, &bi, MP_BUFFER_READ)) {
+        arg_error(&mp_type_TypeError, "acc", "expected an int32 buffer");
+    }
+    mp_int_t n = (mp_int_t)(bi.len >> 2);
+    const int32_t *acc = buf_arg(acc_in, T_S32, n, 0, "acc");
+    const uint8_t *mask = buf_arg(mask_in, T_RAW, (n + 7) >> 3, F_OPT | F_ATLEAST, "mask");
+    int16_t *out = buf_arg(out_in, T_S16, n, F_OUT, "out");
+    return mp_obj_new_int(mt_grad_narrow((int32_t)n, acc, mask, out));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(mtk_grad_narrow_obj, mtk_grad_narrow);
+
+// grad_mask(g, mask): zero the gradient where the activation was clamped (in place)
+static mp_obj_t mtk_grad_mask(mp_obj_t g_in, mp_obj_t mask_in) {
+    mp_buffer_info_t bi;
+    if (!mp_get_buffer(g_in, &bi, MP_BUFFER_READ)) {
+        arg_error(&mp_type_TypeError, "g", "expected an int16 buffer");
+    }
+    mp_int_t n = (mp_int_t)(bi.len >> 1);
+    int16_t *g = buf_arg(g_in, T_S16, n, F_OUT, "g");
+    const uint8_t *mask = buf_arg(mask_in, T_RAW, (n + 7) >> 3, F_ATLEAST, "mask");
+    mt_grad_mask((int32_t)n, g, mask);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(mtk_grad_mask_obj, mtk_grad_mask);
+
+// ---- module (the qstrs are spelled out: the natmod build scans the source text for them) ----------------------------------------------------------------------------------
+
+#define MTK_FUNCTIONS(F) \
+    F(MP_QSTR_requantize, mtk_requantize_obj) \
+    F(MP_QSTR_conv_forward_scratch, mtk_conv_forward_scratch_obj) \
+    F(MP_QSTR_conv_update_scratch, mtk_conv_update_scratch_obj) \
+    F(MP_QSTR_conv_forward, mtk_conv_forward_obj) \
+    F(MP_QSTR_conv_input_grad, mtk_conv_input_grad_obj) \
+    F(MP_QSTR_conv_update, mtk_conv_update_obj) \
+    F(MP_QSTR_dwconv_forward, mtk_dwconv_forward_obj) \
+    F(MP_QSTR_dwconv_input_grad, mtk_dwconv_input_grad_obj) \
+    F(MP_QSTR_dwconv_update, mtk_dwconv_update_obj) \
+    F(MP_QSTR_maxpool_forward, mtk_maxpool_forward_obj) \
+    F(MP_QSTR_maxpool_input_grad, mtk_maxpool_input_grad_obj) \
+    F(MP_QSTR_avgpool_forward, mtk_avgpool_forward_obj) \
+    F(MP_QSTR_avgpool_input_grad, mtk_avgpool_input_grad_obj) \
+    F(MP_QSTR_add_forward, mtk_add_forward_obj) \
+    F(MP_QSTR_clamp_forward, mtk_clamp_forward_obj) \
+    F(MP_QSTR_softmax_forward, mtk_softmax_forward_obj) \
+    F(MP_QSTR_softmax_grad, mtk_softmax_grad_obj) \
+    F(MP_QSTR_grad_rescale, mtk_grad_rescale_obj) \
+    F(MP_QSTR_grad_narrow, mtk_grad_narrow_obj) \
+    F(MP_QSTR_grad_mask, mtk_grad_mask_obj)
+
+#ifdef MICROPY_ENABLE_DYNRUNTIME
+
+mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *args) {
+    MP_DYNRUNTIME_INIT_ENTRY
+    #define MTK_STORE(qstr, obj) mp_store_global(qstr, MP_OBJ_FROM_PTR(&obj));
+    MTK_FUNCTIONS(MTK_STORE)
+    MP_DYNRUNTIME_INIT_EXIT
+}
+
+#else
+
+static const mp_rom_map_elem_t mtkernels_globals_table[] = {
+    { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR_mtkernels) },
+    #define MTK_ENTRY(qstr, obj) { MP_ROM_QSTR(qstr), MP_ROM_PTR(&obj) },
+    MTK_FUNCTIONS(MTK_ENTRY)
+};
+static MP_DEFINE_CONST_DICT(mtkernels_globals, mtkernels_globals_table);
+
+const mp_obj_module_t mtkernels_module = {
+    .base = { &mp_type_module },
+    .globals = (mp_obj_dict_t *)&mtkernels_globals,
+};
+
+MP_REGISTER_MODULE(MP_QSTR_mtkernels, mtkernels_module);
+
+#endif
