@@ -143,12 +143,13 @@ def conv_forward_case(rng, kind=None):
     mult, shift = _requant(rng, g.out_c, K, bool(rng.integers(0, 2)))
     zy = int(rng.integers(-128, 100))
     amin, amax = _activation(rng, zy)
-    y, mask = ref.conv_forward(g, x, zx, w, bias, mult, shift, zy, amin, amax)
+    dr = int(rng.integers(0, 2))
+    y, mask = ref.conv_forward(g, x, zx, w, bias, mult, shift, zy, amin, amax, dr)
     n = g.positions * g.out_c
     scratch = Out("int8", ref_scratch_forward(g))
     args = [In(g.array()), In(x), zx, In(w), None if bias is None else In(bias), In(mult), In(shift), zy, amin,
-            amax, Out("int8", n), Out("uint8", (n + 7) // 8), scratch]
-    return Case("conv_forward", args, {10: y.tobytes(), 11: _mask_expect(mask, n)})
+            amax, dr, Out("int8", n), Out("uint8", (n + 7) // 8), scratch]
+    return Case("conv_forward", args, {11: y.tobytes(), 12: _mask_expect(mask, n)})
 
 
 def _mask_expect(mask, n):
@@ -241,11 +242,12 @@ def dwconv_forward_case(rng):
     mult, shift = _requant(rng, g.out_c, g.taps, bool(rng.integers(0, 2)))
     zy = int(rng.integers(-128, 100))
     amin, amax = _activation(rng, zy)
-    y, mask = ref.dwconv_forward(g, x, zx, w, bias, mult, shift, zy, amin, amax)
+    dr = int(rng.integers(0, 2))
+    y, mask = ref.dwconv_forward(g, x, zx, w, bias, mult, shift, zy, amin, amax, dr)
     n = g.positions * g.out_c
     args = [In(g.array()), In(x), zx, In(w), None if bias is None else In(bias), In(mult), In(shift), zy, amin,
-            amax, Out("int8", n), Out("uint8", (n + 7) // 8)]
-    return Case("dwconv_forward", args, {10: y.tobytes(), 11: _mask_expect(mask, n)})
+            amax, dr, Out("int8", n), Out("uint8", (n + 7) // 8)]
+    return Case("dwconv_forward", args, {11: y.tobytes(), 12: _mask_expect(mask, n)})
 
 
 def dwconv_input_grad_case(rng):
@@ -370,7 +372,8 @@ def requantize_case(rng):
     acc = int(rng.choice([rng.integers(-(1 << 31), 1 << 31), rng.integers(-5000, 5000), -(1 << 31), (1 << 31) - 1]))
     mult = int(rng.choice([rng.integers(1 << 30, 1 << 31), (1 << 31) - 1, 1 << 30, 0, rng.integers(0, 1 << 31)]))
     shift = int(rng.integers(-31, 31))
-    return Case("requantize", [acc, mult, shift], {}, ret=int(ref.requantize(acc, mult, shift)))
+    dr = int(rng.integers(0, 2))
+    return Case("requantize", [acc, mult, shift, dr], {}, ret=int(ref.requantize(acc, mult, shift, dr)))
 
 
 GENERATORS = [
@@ -436,7 +439,7 @@ def call_c(be, case):
         mult = a[first].a
         per_channel = 1 if (mult.size != 1 or out_c == 1) else 0
         return struct([("p", addr(first)), ("p", addr(first + 1)), ("i", per_channel), ("i", a[first + 2]),
-                       ("i", a[first + 3]), ("i", a[first + 4])])
+                       ("i", a[first + 3]), ("i", a[first + 4]), ("i", a[first + 5])])
 
     def update(first):
         rows = a[first].a
@@ -448,11 +451,11 @@ def call_c(be, case):
     ret = None
     if n == "conv_forward":
         out_c = int(a[0].a[5])
-        be.call("mt_conv_forward", geom(), addr(1), a[2], addr(3), addr(4), requant(5, out_c), addr(10), addr(11),
-                addr(12))
+        be.call("mt_conv_forward", geom(), addr(1), a[2], addr(3), addr(4), requant(5, out_c), addr(11), addr(12),
+                addr(13))
     elif n == "dwconv_forward":
         out_c = int(a[0].a[5])
-        be.call("mt_dwconv_forward", geom(), addr(1), a[2], addr(3), addr(4), requant(5, out_c), addr(10), addr(11))
+        be.call("mt_dwconv_forward", geom(), addr(1), a[2], addr(3), addr(4), requant(5, out_c), addr(11), addr(12))
     elif n in ("conv_input_grad", "dwconv_input_grad"):
         be.call("mt_" + n, geom(), addr(1), addr(2), addr(3))
     elif n in ("conv_update", "dwconv_update"):
@@ -480,7 +483,7 @@ def call_c(be, case):
     elif n == "grad_mask":
         be.call("mt_grad_mask", a[0].a.size, addr(0), addr(1))
     elif n == "requantize":
-        ret = be.call("mt_requantize", a[0], a[1], a[2])
+        ret = be.call("mt_requantize", a[0], a[1], a[2], a[3])
     else:
         raise KeyError(n)
     outs = {}

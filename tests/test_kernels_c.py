@@ -79,11 +79,11 @@ I32 = st.integers(-(1 << 31), (1 << 31) - 1)
 
 
 @settings(max_examples=3000, deadline=None)
-@given(acc=I32, mult=st.integers(0, (1 << 31) - 1), shift=st.integers(-31, 30))
-def test_requantize_property(lib, acc, mult, shift):
+@given(acc=I32, mult=st.integers(0, (1 << 31) - 1), shift=st.integers(-31, 30), double=st.booleans())
+def test_requantize_property(lib, acc, mult, shift, double):
     f = lib.mt_requantize
-    f.restype, f.argtypes = ctypes.c_int32, [ctypes.c_int32] * 3
-    assert f(acc, mult, shift) == int(ref.requantize(acc, mult, shift))
+    f.restype, f.argtypes = ctypes.c_int32, [ctypes.c_int32] * 4
+    assert f(acc, mult, shift, int(double)) == int(ref.requantize(acc, mult, shift, double))
 
 
 @settings(max_examples=3000, deadline=None)

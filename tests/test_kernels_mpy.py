@@ -62,12 +62,13 @@ def bad_argument_cases():
     out.append(_expect_error(conv, 1, In(x[:-1]), "ValueError", r"^x: expected \d+ bytes, got \d+"))
     out.append(_expect_error(conv, 1, In(x.astype(np.int16)), "TypeError", r"^x: expected int8 elements"))
     out.append(_expect_error(conv, 1, Expr("3"), "TypeError", r"^x: expected a int8 buffer"))
-    out.append(_expect_error(conv, 10, Expr(f"bytes({conv.args[10].n})"), "TypeError", r"^y: expected a writable int8"))
+    out.append(_expect_error(conv, 11, Expr(f"bytes({conv.args[11].n})"), "TypeError", r"^y: expected a writable int8"))
+    out.append(_expect_error(conv, 10, 2, "ValueError", r"^rounding: must be in \[0, 1\], got 2"))
     out.append(_expect_error(conv, 2, 200, "ValueError", r"^zx: must be in \[-128, 127\], got 200"))
     out.append(_expect_error(conv, 2, Expr("'a'"), "TypeError", r"^zx: expected an int"))
     out.append(_expect_error(conv, 6, In(np.array([40] * conv.args[6].a.size, np.int32)), "ValueError", r"^shift: must be in"))
-    out.append(_expect_error(conv, 12, Out("int8", 3), "ValueError", r"^scratch: needs at least"))
-    out.append(_expect_error(conv, 12, Expr(f"memoryview(bytearray({conv.args[12].n + 8}))[1:]"), "ValueError",
+    out.append(_expect_error(conv, 13, Out("int8", 3), "ValueError", r"^scratch: needs at least"))
+    out.append(_expect_error(conv, 13, Expr(f"memoryview(bytearray({conv.args[13].n + 8}))[1:]"), "ValueError",
                              r"^scratch: buffer is not aligned"))
     g = conv.args[0].a.copy()
     g[2] = 0
@@ -93,7 +94,7 @@ def bad_argument_cases():
     out.append(("softmax_grad", [In(np.zeros(4, np.int8)), 4, Out("int16", 4)], "ValueError", r"^label: must be in \[0, 3\]"))
     out.append(("grad_narrow", [In(np.zeros(4, np.int32)), Out("uint8", 0), Out("int16", 4)], "ValueError",
                 r"^mask: needs at least 1 bytes"))
-    out.append(("requantize", [1, -5, 0], "ValueError", r"^mult: must be in \[0, 2147483647\], got -5"))
+    out.append(("requantize", [1, -5, 0, 0], "ValueError", r"^mult: must be in \[0, 2147483647\], got -5"))
     out.append(("conv_forward", [1, 2], "TypeError", r"argument"))
     return out
 

@@ -117,13 +117,6 @@ def rdbpot(x, e):
     return (x >> e) + ((x & mask) > ((mask >> 1) + (x < 0)))
 
 
-def requantize(acc, mult, shift):
-    """TFLite MultiplyByQuantizedMultiplier (the left shift wraps like TFLite's)."""
-    shift = _i64(shift)
-    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
-    return rdbpot(srdhm(wrap32(_i64(acc) << left), mult), right)
-
-
 def scale_round(x, mult, shift):
     """round(x * mult * 2^(shift-31)), ties up, shift clamped to [-31, 31], saturated to int32."""
     x, mult = _i64(x), _i64(mult)
@@ -131,6 +124,17 @@ def scale_round(x, mult, shift):
     p = x * mult
     half = np.where(r > 0, np.int64(1) << np.maximum(r - 1, 0), 0)
     return np.clip((p + half) >> r, INT32_MIN, INT32_MAX)
+
+
+def requantize(acc, mult, shift, double_rounding=False):
+    """TFLite MultiplyByQuantizedMultiplier.  Single rounding (saturated) is what ai-edge-litert's
+    reference FULLY_CONNECTED does; double rounding (SRDHM then RDBPOT, the left shift wraps) what
+    its CONV_2D / DEPTHWISE_CONV_2D, TFLite Micro and CMSIS-NN do."""
+    if not double_rounding:
+        return scale_round(acc, mult, shift)
+    shift = _i64(shift)
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    return rdbpot(srdhm(wrap32(_i64(acc) << left), mult), right)
 
 
 def div_round_away(n, d):
@@ -177,11 +181,11 @@ def unpack_mask(bits, n):
     return np.unpackbits(np.frombuffer(bytes(bits), dtype=np.uint8), bitorder="little")[:n].astype(bool)
 
 
-def _requant_store(acc, bias, mult, shift, zy, act_min, act_max):
+def _requant_store(acc, bias, mult, shift, zy, act_min, act_max, double_rounding):
     acc = _i64(acc)
     if bias is not None:
         acc = check32(acc + _i64(bias), "accumulator + bias")
-    v = wrap32(requantize(acc, mult, shift) + zy)
+    v = wrap32(requantize(acc, mult, shift, double_rounding) + zy)
     mask = (v >= act_min) & (v <= act_max)
     return np.clip(v, act_min, act_max).astype(np.int8), mask
 
@@ -216,14 +220,14 @@ def im2col(g, x, zx):
 # convolution / fully connected (mt_conv.c)
 
 
-def conv_forward(g, x, zx, w, bias, mult, shift, zy, act_min, act_max):
+def conv_forward(g, x, zx, w, bias, mult, shift, zy, act_min, act_max, double_rounding=False):
     """Returns (y int8 [M*out_c], mask bool)."""
     K = g.taps * g.in_c
     if K > 65536:
         raise OverflowError("k_h*k_w*in_c > 65536")
     cols = im2col(g, x, zx).reshape(g.positions, K)
     acc = cols @ _i64(w).reshape(g.out_c, K).T
-    y, mask = _requant_store(acc, bias, mult, shift, zy, act_min, act_max)
+    y, mask = _requant_store(acc, bias, mult, shift, zy, act_min, act_max, double_rounding)
     return y.ravel(), mask.ravel()
 
 
@@ -284,14 +288,14 @@ def _dw_in(g, v):
     return np.repeat(v, g.depth_mult, axis=-1)
 
 
-def dwconv_forward(g, x, zx, w, bias, mult, shift, zy, act_min, act_max):
+def dwconv_forward(g, x, zx, w, bias, mult, shift, zy, act_min, act_max, double_rounding=False):
     p = _padded(g, _i64(x) - zx, 0)
     w = _i64(w).reshape(g.k_h, g.k_w, g.out_c)
     acc = np.zeros((g.out_h, g.out_w, g.out_c), dtype=np.int64)
     for kh in range(g.k_h):
         for kw in range(g.k_w):
             acc += _dw_in(g, _tap(g, p, kh, kw)) * w[kh, kw]
-    y, mask = _requant_store(acc.reshape(-1, g.out_c), bias, mult, shift, zy, act_min, act_max)
+    y, mask = _requant_store(acc.reshape(-1, g.out_c), bias, mult, shift, zy, act_min, act_max, double_rounding)
     return y.ravel(), mask.ravel()
 
 
@@ -405,9 +409,9 @@ class AddParams:
 
 
 def add_forward(x1, x2, p):
-    a = requantize(wrap32((_i64(x1) - p.z1) << p.left_shift), p.mult1, p.shift1)
-    b = requantize(wrap32((_i64(x2) - p.z2) << p.left_shift), p.mult2, p.shift2)
-    v = requantize(a + b, p.mult_y, p.shift_y) + p.zy
+    a = requantize(wrap32((_i64(x1) - p.z1) << p.left_shift), p.mult1, p.shift1, True)
+    b = requantize(wrap32((_i64(x2) - p.z2) << p.left_shift), p.mult2, p.shift2, True)
+    v = requantize(a + b, p.mult_y, p.shift_y, True) + p.zy
     mask = (v >= p.act_min) & (v <= p.act_max)
     return np.clip(v, p.act_min, p.act_max).astype(np.int8), mask
 
@@ -433,7 +437,7 @@ def _exp_quarter(a):
     x3 = srdhm(x2, x)
     x4 = srdhm(x2, x2)
     poly = _sat_mul_pot(srdhm(_sat_mul_pot(x4, -2) + x3, 715827883) + x2, -1)
-    return 1895147668 + srdhm(1895147668, poly)
+    return 1895147668 + srdhm(1895147668, x + poly)
 
 
 _EXP_MULTS = (1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242)

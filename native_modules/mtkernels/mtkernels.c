@@ -241,7 +241,7 @@ static mp_int_t taps(const mt_geom_t *g) {
     return (mp_int_t)g->k_h * g->k_w;
 }
 
-// Requantization arguments (mult, shift, zy, act_min, act_max) starting at args[0].
+// Requantization arguments (mult, shift, zy, act_min, act_max, rounding) starting at args[0].
 static void requant_arg(const mp_obj_t *args, int32_t out_c, mt_requant_t *rq) {
     mp_buffer_info_t bi;
     mp_int_t n = mp_get_buffer(args[0], &bi, MP_BUFFER_READ) && bi.len == 4 ? 1 : out_c;
@@ -259,6 +259,7 @@ static void requant_arg(const mp_obj_t *args, int32_t out_c, mt_requant_t *rq) {
     rq->zy = int_arg(args[2], -128, 127, "zy");
     rq->act_min = int_arg(args[3], -128, 127, "act_min");
     rq->act_max = int_arg(args[4], rq->act_min, 127, "act_max");
+    rq->double_rounding = int_arg(args[5], 0, 1, "rounding");
 }
 
 static void check_grad_bound(const int16_t *g, mp_int_t n, mp_int_t factor, const char *what) {
@@ -311,12 +312,14 @@ static void update_arg(const mp_obj_t *args, const mt_geom_t *g, int32_t *bias, 
 
 // ---- functions -------------------------------------------------------------------------------
 
-// requantize(acc, mult, shift) -> int: TFLite MultiplyByQuantizedMultiplier of one value.
-static mp_obj_t mtk_requantize(mp_obj_t acc, mp_obj_t mult, mp_obj_t shift) {
-    return mp_obj_new_int(mt_requantize(int_arg(acc, INT32_MIN, INT32_MAX, "acc"),
-        int_arg(mult, 0, INT32_MAX, "mult"), int_arg(shift, -31, 30, "shift")));
+// requantize(acc, mult, shift, rounding) -> int: TFLite MultiplyByQuantizedMultiplier of one
+// value; rounding 0 = single (litert FULLY_CONNECTED), 1 = double (CONV_2D, DEPTHWISE_CONV_2D).
+static mp_obj_t mtk_requantize(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    return mp_obj_new_int(mt_requantize(int_arg(args[0], INT32_MIN, INT32_MAX, "acc"),
+        int_arg(args[1], 0, INT32_MAX, "mult"), int_arg(args[2], -31, 30, "shift"), int_arg(args[3], 0, 1, "rounding")));
 }
-static MP_DEFINE_CONST_FUN_OBJ_3(mtk_requantize_obj, mtk_requantize);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_requantize_obj, 4, 4, mtk_requantize);
 
 // conv_forward_scratch(geom) / conv_update_scratch(geom, cin_lo, cin_hi) -> bytes of scratch
 static mp_obj_t mtk_conv_forward_scratch(mp_obj_t geom) {
@@ -336,7 +339,7 @@ static mp_obj_t mtk_conv_update_scratch(mp_obj_t geom, mp_obj_t lo, mp_obj_t hi)
 }
 static MP_DEFINE_CONST_FUN_OBJ_3(mtk_conv_update_scratch_obj, mtk_conv_update_scratch);
 
-// conv_forward(geom, x, zx, w, bias, mult, shift, zy, act_min, act_max, y, mask, scratch)
+// conv_forward(geom, x, zx, w, bias, mult, shift, zy, act_min, act_max, rounding, y, mask, scratch)
 static mp_obj_t mtk_conv_forward(size_t n_args, const mp_obj_t *args) {
     (void)n_args;
     mt_geom_t g;
@@ -352,13 +355,13 @@ static mp_obj_t mtk_conv_forward(size_t n_args, const mp_obj_t *args) {
     const int32_t *bias = buf_arg(args[4], T_S32, g.out_c, F_OPT, "bias");
     mt_requant_t rq;
     requant_arg(args + 5, g.out_c, &rq);
-    int8_t *y = buf_arg(args[10], T_S8, n_out(&g), F_OUT, "y");
-    uint8_t *mask = buf_arg(args[11], T_RAW, (n_out(&g) + 7) >> 3, F_OUT | F_OPT | F_ATLEAST, "mask");
-    int16_t *scratch = buf_arg(args[12], T_RAW, mt_conv_scratch_forward(&g), F_OUT | F_ATLEAST, "scratch");
+    int8_t *y = buf_arg(args[11], T_S8, n_out(&g), F_OUT, "y");
+    uint8_t *mask = buf_arg(args[12], T_RAW, (n_out(&g) + 7) >> 3, F_OUT | F_OPT | F_ATLEAST, "mask");
+    int16_t *scratch = buf_arg(args[13], T_RAW, mt_conv_scratch_forward(&g), F_OUT | F_ATLEAST, "scratch");
     mt_conv_forward(&g, x, zx, w, bias, &rq, y, mask, scratch);
     return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_conv_forward_obj, 13, 13, mtk_conv_forward);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_conv_forward_obj, 14, 14, mtk_conv_forward);
 
 // conv_input_grad(geom, gy, w, gx_acc)
 static mp_obj_t mtk_conv_input_grad(size_t n_args, const mp_obj_t *args) {
@@ -398,7 +401,7 @@ static mp_obj_t mtk_conv_update(size_t n_args, const mp_obj_t *args) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_conv_update_obj, 16, 16, mtk_conv_update);
 
-// dwconv_forward(geom, x, zx, w, bias, mult, shift, zy, act_min, act_max, y, mask)
+// dwconv_forward(geom, x, zx, w, bias, mult, shift, zy, act_min, act_max, rounding, y, mask)
 static mp_obj_t mtk_dwconv_forward(size_t n_args, const mp_obj_t *args) {
     (void)n_args;
     mt_geom_t g;
@@ -410,12 +413,12 @@ static mp_obj_t mtk_dwconv_forward(size_t n_args, const mp_obj_t *args) {
     const int32_t *bias = buf_arg(args[4], T_S32, g.out_c, F_OPT, "bias");
     mt_requant_t rq;
     requant_arg(args + 5, g.out_c, &rq);
-    int8_t *y = buf_arg(args[10], T_S8, n_out(&g), F_OUT, "y");
-    uint8_t *mask = buf_arg(args[11], T_RAW, (n_out(&g) + 7) >> 3, F_OUT | F_OPT | F_ATLEAST, "mask");
+    int8_t *y = buf_arg(args[11], T_S8, n_out(&g), F_OUT, "y");
+    uint8_t *mask = buf_arg(args[12], T_RAW, (n_out(&g) + 7) >> 3, F_OUT | F_OPT | F_ATLEAST, "mask");
     mt_dwconv_forward(&g, x, zx, w, bias, &rq, y, mask);
     return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_dwconv_forward_obj, 12, 12, mtk_dwconv_forward);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_dwconv_forward_obj, 13, 13, mtk_dwconv_forward);
 
 // dwconv_input_grad(geom, gy, w, gx_acc)
 static mp_obj_t mtk_dwconv_input_grad(size_t n_args, const mp_obj_t *args) {

@@ -59,7 +59,7 @@ void mt_store_output(const mt_requant_t *rq, const int32_t *bias, int32_t c, int
         acc = (int32_t)((uint32_t)acc + (uint32_t)bias[c]);
     }
     int32_t k = rq->per_channel ? c : 0;
-    int32_t v = (int32_t)((uint32_t)mt_requantize(acc, rq->mult[k], rq->shift[k]) + (uint32_t)rq->zy);
+    int32_t v = (int32_t)((uint32_t)mt_requantize(acc, rq->mult[k], rq->shift[k], rq->double_rounding) + (uint32_t)rq->zy);
     int32_t pass = 1;
     if (v < rq->act_min) {
         v = rq->act_min;

@@ -20,15 +20,15 @@ static inline int32_t clamp_pass(int32_t v, int32_t lo, int32_t hi, int32_t *pas
 }
 
 /* TFLite reference int8 ADD: both inputs shifted left, rescaled to a common scale, summed,
- * rescaled to the output. */
+ * rescaled to the output (gemmlowp double rounding, MultiplyByQuantizedMultiplierSmallerThanOneExp). */
 void mt_add_forward(int32_t n, const int8_t *x1, const int8_t *x2, const mt_add_params_t *p,
     int8_t *y, uint8_t *mask) {
     for (int32_t i = 0; i < n; i++) {
         int32_t a = (int32_t)((uint32_t)(x1[i] - p->z1) << p->left_shift);
         int32_t b = (int32_t)((uint32_t)(x2[i] - p->z2) << p->left_shift);
-        a = mt_requantize(a, p->mult1, p->shift1);
-        b = mt_requantize(b, p->mult2, p->shift2);
-        int32_t s = mt_requantize(a + b, p->mult_y, p->shift_y) + p->zy;
+        a = mt_requantize(a, p->mult1, p->shift1, 1);
+        b = mt_requantize(b, p->mult2, p->shift2, 1);
+        int32_t s = mt_requantize(a + b, p->mult_y, p->shift_y, 1) + p->zy;
         int32_t pass;
         y[i] = (int8_t)clamp_pass(s, p->act_min, p->act_max, &pass);
         if (mask) {
@@ -78,7 +78,7 @@ static int32_t exp_quarter(int32_t a) {
     int32_t x4 = mt_srdhm(x2, x2);
     int32_t x4_4 = sat_mul_pot(x4, -2);
     int32_t poly = sat_mul_pot(mt_srdhm(x4_4 + x3, one_third) + x2, -1);
-    return exp_m1_8 + mt_srdhm(exp_m1_8, poly);
+    return exp_m1_8 + mt_srdhm(exp_m1_8, x + poly);
 }
 
 /* exp(a) for a <= 0 given in Q5.26, result Q0.31 (gemmlowp exp_on_negative_values). */

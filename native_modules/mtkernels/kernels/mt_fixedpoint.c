@@ -1,7 +1,7 @@
 /*
  * Fixed-point helpers without 64-bit types or division, so they need no libgcc on ARMv6-M.
- * mt_srdhm / mt_rdbpot / mt_requantize are bit-exact with TFLite's reference
- * SaturatingRoundingDoublingHighMul / RoundingDivideByPOT / MultiplyByQuantizedMultiplier.
+ * mt_srdhm / mt_rdbpot are gemmlowp's SaturatingRoundingDoublingHighMul / RoundingDivideByPOT
+ * (the integer softmax); mt_requantize is TFLite's MultiplyByQuantizedMultiplier in both roundings.
  */
 #include "mt_kernels.h"
 
@@ -37,16 +37,10 @@ int32_t mt_rdbpot(int32_t x, int32_t exponent) {
     return (x >> exponent) + (remainder > threshold);
 }
 
-/* TFLite MultiplyByQuantizedMultiplier: shift in [-31, 30], the left shift wraps like TFLite's. */
-int32_t mt_requantize(int32_t acc, int32_t mult, int32_t shift) {
-    int32_t left = shift > 0 ? shift : 0;
-    int32_t right = shift > 0 ? 0 : -shift;
-    return mt_rdbpot(mt_srdhm((int32_t)((uint32_t)acc << left), mult), right);
-}
-
 /* round(x * mult * 2^(shift - 31)), ties upward, saturated to int32; shift clamped to [-31, 31].
- * Used for gradient rescaling and SGD steps, where TFLite compatibility is not needed but a
- * single rounding and no wrap-around are. */
+ * One rounding of the exact 64-bit product: TFLite's MultiplyByQuantizedMultiplier as built
+ * with TFLITE_SINGLE_ROUNDING, which ai-edge-litert's reference kernels use (where TFLite
+ * asserts that the result fits, this saturates).  Also the gradient rescaling and SGD steps. */
 int32_t mt_scale_round(int32_t x, int32_t mult, int32_t shift) {
     if (shift > 31) {
         shift = 31;
@@ -124,4 +118,17 @@ int32_t mt_sat_add(int32_t a, int32_t b) {
         return a < 0 ? INT32_MIN : INT32_MAX;
     }
     return s;
+}
+
+/* Output requantization (mult in [0, 2^31), shift in [-31, 30]).  TFLite has two roundings and
+ * ai-edge-litert's reference kernels use both: FULLY_CONNECTED rounds once (TFLITE_SINGLE_ROUNDING),
+ * CONV_2D / DEPTHWISE_CONV_2D round twice (gemmlowp: SaturatingRoundingDoublingHighMul, then
+ * RoundingDivideByPOT; also TFLite Micro's and CMSIS-NN's default).  The layer says which. */
+int32_t mt_requantize(int32_t acc, int32_t mult, int32_t shift, int32_t double_rounding) {
+    if (!double_rounding) {
+        return mt_scale_round(acc, mult, shift);
+    }
+    int32_t left = shift > 0 ? shift : 0;
+    int32_t right = shift > 0 ? 0 : -shift;
+    return mt_rdbpot(mt_srdhm((int32_t)((uint32_t)acc << left), mult), right);   /* wraps like TFLite */
 }

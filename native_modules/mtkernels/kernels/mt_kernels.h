@@ -34,12 +34,14 @@ typedef struct {
 #define MT_GEOM_FIELDS 13
 
 /* Output requantization: y = clamp(MBQM(acc, mult[c], shift[c]) + zy, act_min, act_max).
- * mult/shift have out_c entries if per_channel, else one.  shift > 0 is a left shift (TFLite). */
+ * mult/shift have out_c entries if per_channel, else one.  shift > 0 is a left shift (TFLite).
+ * double_rounding selects TFLite's gemmlowp-style rounding (see mt_requantize). */
 typedef struct {
     const int32_t *mult;
     const int32_t *shift;
     int32_t per_channel;
     int32_t zy, act_min, act_max;
+    int32_t double_rounding;
 } mt_requant_t;
 
 /* In-place SGD update of one layer (see mt_update.c for the exact integer semantics). */
@@ -57,7 +59,7 @@ typedef struct {
 int32_t mt_mul_hi(int32_t a, int32_t b, uint32_t *lo);
 int32_t mt_srdhm(int32_t a, int32_t b);
 int32_t mt_rdbpot(int32_t x, int32_t exponent);
-int32_t mt_requantize(int32_t acc, int32_t mult, int32_t shift);
+int32_t mt_requantize(int32_t acc, int32_t mult, int32_t shift, int32_t double_rounding);
 int32_t mt_scale_round(int32_t x, int32_t mult, int32_t shift);
 uint32_t mt_udiv(uint32_t n, uint32_t d);
 int32_t mt_div_round_away(int32_t n, int32_t d);
