@@ -12,6 +12,7 @@
  *   update       max|gy| * 255 * out_h * out_w     < 2^31   (bias: max|gy| * out_h * out_w)
  */
 #include "mt_kernels.h"
+#include "mt_fixedpoint.h"
 
 static void im2col_row(const mt_geom_t *g, const int8_t *x, int32_t zx, int32_t oh, int32_t ow, int16_t *row) {
     int32_t ih0 = oh * g->stride_h - g->pad_t;
@@ -43,7 +44,7 @@ static inline void next_position(const mt_geom_t *g, int32_t *oh, int32_t *ow) {
     }
 }
 
-static inline void set_mask(uint8_t *mask, int32_t i, int32_t pass) {
+static inline void mt_set_mask(uint8_t *mask, int32_t i, int32_t pass) {
     uint8_t bit = (uint8_t)(1u << (i & 7));
     if (pass) {
         mask[i >> 3] |= bit;
@@ -59,7 +60,9 @@ void mt_store_output(const mt_requant_t *rq, const int32_t *bias, int32_t c, int
         acc = (int32_t)((uint32_t)acc + (uint32_t)bias[c]);
     }
     int32_t k = rq->per_channel ? c : 0;
-    int32_t v = (int32_t)((uint32_t)mt_requantize(acc, rq->mult[k], rq->shift[k], rq->double_rounding) + (uint32_t)rq->zy);
+    int32_t r = rq->double_rounding ? mt_requantize(acc, rq->mult[k], rq->shift[k], 1)
+        : mt_requant_single_inline(acc, rq->mult[k], rq->shift[k]);
+    int32_t v = (int32_t)((uint32_t)r + (uint32_t)rq->zy);
     int32_t pass = 1;
     if (v < rq->act_min) {
         v = rq->act_min;
@@ -70,7 +73,7 @@ void mt_store_output(const mt_requant_t *rq, const int32_t *bias, int32_t c, int
     }
     y[i] = (int8_t)v;
     if (mask) {
-        set_mask(mask, i, pass);
+        mt_set_mask(mask, i, pass);
     }
 }
 

@@ -16,9 +16,10 @@
  * simulator take identical steps.
  */
 #include "mt_kernels.h"
+#include "mt_fixedpoint.h"
 
 int32_t mt_sgd_step(int32_t grad, int32_t mult, int32_t shift, int32_t g_exp, uint32_t *rng) {
-    int32_t v = mt_scale_round(grad, mult, shift + g_exp + 16);
+    int32_t v = mt_scale_round_inline(grad, mult, shift + g_exp + 16);
     int32_t u = (int32_t)(mt_xorshift32(rng) >> 16);
     if (v > INT32_MAX - 0xffff) {
         v = INT32_MAX - 0xffff;
