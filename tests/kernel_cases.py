@@ -376,11 +376,18 @@ def requantize_case(rng):
     return Case("requantize", [acc, mult, shift, dr], {}, ret=int(ref.requantize(acc, mult, shift, dr)))
 
 
+def crc32_case(rng):
+    import zlib
+    data = rng.integers(0, 256, int(rng.integers(0, 300))).astype(np.uint8)
+    start = int(rng.choice([0, rng.integers(0, 1 << 32)]))
+    return Case("crc32", [In(data), start], {}, ret=zlib.crc32(data.tobytes(), start))
+
+
 GENERATORS = [
     conv_forward_case, conv_input_grad_case, conv_update_case, dwconv_forward_case, dwconv_input_grad_case,
     dwconv_update_case, maxpool_forward_case, maxpool_input_grad_case, avgpool_forward_case,
     avgpool_input_grad_case, add_forward_case, clamp_forward_case, softmax_forward_case, softmax_grad_case,
-    grad_rescale_case, grad_narrow_case, grad_mask_case, requantize_case,
+    grad_rescale_case, grad_narrow_case, grad_mask_case, requantize_case, crc32_case,
 ]
 
 
@@ -484,6 +491,9 @@ def call_c(be, case):
         be.call("mt_grad_mask", a[0].a.size, addr(0), addr(1))
     elif n == "requantize":
         ret = be.call("mt_requantize", a[0], a[1], a[2], a[3])
+    elif n == "crc32":
+        ret = be.call("mt_crc32", a[1], addr(0), a[0].a.size) & 0xFFFFFFFF
+        return {}, ret
     else:
         raise KeyError(n)
     outs = {}
@@ -516,10 +526,11 @@ def check(case, outs, ret):
 _TYPECODE = {"int8": "b", "uint8": "B", "int16": "h", "int32": "i", "uint16": "H", "uint32": "I"}
 
 
-def mpy_script(cases, typed=True):
+def mpy_script(cases, typed=True, module="mtkernels"):
     """A MicroPython script that runs the cases and prints, per case, 'R <ret>' and one
-    'O <index> <bytes repr>' line per checked output, then 'E' (or 'X <exception>')."""
-    lines = ["import mtkernels", "import struct", "import array", "",
+    'O <index> <bytes repr>' line per checked output, then 'E' (or 'X <exception>').
+    `module` is the kernel module to call (the native `mtkernels` or a pure-Python twin)."""
+    lines = [f"import {module} as mtkernels", "import struct", "import array", "",
              "def _buf(tc, data):",
              "    if tc is None:",
              "        return bytearray(data)",

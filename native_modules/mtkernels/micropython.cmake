@@ -10,6 +10,7 @@ set(MTKERNELS_KERNELS
     ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_pool.c
     ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_elementwise.c
     ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_update.c
+    ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_crc32.c
 )
 
 target_sources(usermod_mtkernels INTERFACE

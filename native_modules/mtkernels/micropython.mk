@@ -4,7 +4,7 @@ MTKERNELS_DIR := $(USERMOD_DIR)
 
 SRC_USERMOD_C += $(MTKERNELS_DIR)/mtkernels.c
 SRC_USERMOD_LIB_C += $(addprefix $(MTKERNELS_DIR)/kernels/, \
-	mt_fixedpoint.c mt_dot.c mt_conv.c mt_depthwise.c mt_pool.c mt_elementwise.c mt_update.c)
+	mt_fixedpoint.c mt_dot.c mt_conv.c mt_depthwise.c mt_pool.c mt_elementwise.c mt_update.c mt_crc32.c)
 
 CFLAGS_USERMOD += -I$(MTKERNELS_DIR)
 # Cortex-M0/M0+ firmware: set MTKERNELS_ARMV6M_ASM=1 to use the hand-written dot products.

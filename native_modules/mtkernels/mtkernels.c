@@ -19,6 +19,45 @@
 
 #include "kernels/mt_kernels.h"
 
+// ---- the module's functions (qstrs spelled out: the natmod build scans the source text) -------
+
+#define MTK_FUNCTIONS(F) \
+    F(MP_QSTR_requantize, mtk_requantize_obj) \
+    F(MP_QSTR_conv_forward_scratch, mtk_conv_forward_scratch_obj) \
+    F(MP_QSTR_conv_update_scratch, mtk_conv_update_scratch_obj) \
+    F(MP_QSTR_conv_forward, mtk_conv_forward_obj) \
+    F(MP_QSTR_conv_input_grad, mtk_conv_input_grad_obj) \
+    F(MP_QSTR_conv_update, mtk_conv_update_obj) \
+    F(MP_QSTR_dwconv_forward, mtk_dwconv_forward_obj) \
+    F(MP_QSTR_dwconv_input_grad, mtk_dwconv_input_grad_obj) \
+    F(MP_QSTR_dwconv_update, mtk_dwconv_update_obj) \
+    F(MP_QSTR_maxpool_forward, mtk_maxpool_forward_obj) \
+    F(MP_QSTR_maxpool_input_grad, mtk_maxpool_input_grad_obj) \
+    F(MP_QSTR_avgpool_forward, mtk_avgpool_forward_obj) \
+    F(MP_QSTR_avgpool_input_grad, mtk_avgpool_input_grad_obj) \
+    F(MP_QSTR_add_forward, mtk_add_forward_obj) \
+    F(MP_QSTR_clamp_forward, mtk_clamp_forward_obj) \
+    F(MP_QSTR_softmax_forward, mtk_softmax_forward_obj) \
+    F(MP_QSTR_softmax_grad, mtk_softmax_grad_obj) \
+    F(MP_QSTR_grad_rescale, mtk_grad_rescale_obj) \
+    F(MP_QSTR_grad_narrow, mtk_grad_narrow_obj) \
+    F(MP_QSTR_grad_mask, mtk_grad_mask_obj) \
+    F(MP_QSTR_crc32, mtk_crc32_obj)
+
+#define MTK_DECLARE(qstr, obj) static const mp_obj_fun_builtin_var_t obj;
+MTK_FUNCTIONS(MTK_DECLARE)
+
+#ifdef MICROPY_ENABLE_DYNRUNTIME
+// The native module's entry point comes first in the file: the .mpy starts with a Thumb-1
+// branch to it, which reaches only 2 KB.
+mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *args) {
+    MP_DYNRUNTIME_INIT_ENTRY
+    #define MTK_STORE(qstr, obj) mp_store_global(qstr, MP_OBJ_FROM_PTR(&obj));
+    MTK_FUNCTIONS(MTK_STORE)
+    MP_DYNRUNTIME_INIT_EXIT
+}
+#endif
+
 // ---- argument checking -----------------------------------------------------------------------
 
 enum { T_S8, T_S16, T_S32, T_U16, T_U32, T_RAW };
@@ -100,16 +139,10 @@ static mp_int_t int_arg(mp_obj_t o, mp_int_t lo, mp_int_t hi, const char *name) 
     return v;
 }
 
-// Element types as switch statements rather than tables of pointers (no relocated data).
+// Element types by if-chains rather than tables of pointers (no relocated data).
 static const char *type_name(int t) {
-    switch (t) {
-        case T_S8: return "int8";
-        case T_S16: return "int16";
-        case T_S32: return "int32";
-        case T_U16: return "uint16";
-        case T_U32: return "uint32";
-        default: return "byte";
-    }
+    return t == T_S8 ? "int8" : t == T_S16 ? "int16" : t == T_S32 ? "int32" : t == T_U16 ? "uint16"
+        : t == T_U32 ? "uint32" : "byte";
 }
 
 static int type_size(int t) {
@@ -117,14 +150,7 @@ static int type_size(int t) {
 }
 
 static char type_code(int t) {
-    switch (t) {
-        case T_S8: return 'b';
-        case T_S16: return 'h';
-        case T_S32: return 'i';
-        case T_U16: return 'H';
-        case T_U32: return 'I';
-        default: return 'B';
-    }
+    return t == T_S8 ? 'b' : t == T_S16 ? 'h' : t == T_S32 ? 'i' : t == T_U16 ? 'H' : t == T_U32 ? 'I' : 'B';
 }
 
 // Returns the buffer of `o` holding n elements of type t (at least n with F_ATLEAST), or NULL
@@ -262,16 +288,26 @@ static void requant_arg(const mp_obj_t *args, int32_t out_c, mt_requant_t *rq) {
     rq->double_rounding = int_arg(args[5], 0, 1, "rounding");
 }
 
-static void check_grad_bound(const int16_t *g, mp_int_t n, mp_int_t factor, const char *what) {
-    mp_int_t max = 0;
+// a * b < 2^31 for a, b >= 0, without a division or a 64-bit multiply (neither links on ARMv6-M)
+static bool product_fits(uint32_t a, uint32_t b) {
+    uint32_t lo;
+    int32_t hi = mt_mul_hi((int32_t)a, (int32_t)b, &lo);
+    return hi == 0 && lo < 0x80000000u;
+}
+
+// The overflow bound of the gradient kernels: max|g| * f1 * f2 * f3 < 2^31 (all factors < 2^31).
+static void check_grad_bound(const int16_t *g, mp_int_t n, uint32_t f1, uint32_t f2, uint32_t f3, const char *what) {
+    uint32_t max = 0;
     for (mp_int_t i = 0; i < n; i++) {
-        mp_int_t v = g[i] < 0 ? -g[i] : g[i];
+        uint32_t v = g[i] < 0 ? (uint32_t)(-g[i]) : (uint32_t)g[i];
         if (v > max) {
             max = v;
         }
     }
-    // max * factor < 2^31 without overflowing a 32-bit mp_int_t
-    if (max && factor > (mp_int_t)((((mp_uint_t)1 << 31) - 1) / (mp_uint_t)max)) {
+    if (max == 0) {
+        return;
+    }
+    if (!product_fits(f1, f2) || !product_fits(f1 * f2, f3) || !product_fits(max, f1 * f2 * f3)) {
         arg_error(&mp_type_ValueError, "gy", what);
     }
 }
@@ -322,14 +358,18 @@ static mp_obj_t mtk_requantize(size_t n_args, const mp_obj_t *args) {
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_requantize_obj, 4, 4, mtk_requantize);
 
 // conv_forward_scratch(geom) / conv_update_scratch(geom, cin_lo, cin_hi) -> bytes of scratch
-static mp_obj_t mtk_conv_forward_scratch(mp_obj_t geom) {
+static mp_obj_t mtk_conv_forward_scratch(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mp_obj_t geom = args[0];
     mt_geom_t g;
     geom_arg(geom, &g);
     return mp_obj_new_int(mt_conv_scratch_forward(&g));
 }
-static MP_DEFINE_CONST_FUN_OBJ_1(mtk_conv_forward_scratch_obj, mtk_conv_forward_scratch);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_conv_forward_scratch_obj, 1, 1, mtk_conv_forward_scratch);
 
-static mp_obj_t mtk_conv_update_scratch(mp_obj_t geom, mp_obj_t lo, mp_obj_t hi) {
+static mp_obj_t mtk_conv_update_scratch(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mp_obj_t geom = args[0], lo = args[1], hi = args[2];
     mt_geom_t g;
     geom_arg(geom, &g);
     mt_update_t u;
@@ -337,7 +377,7 @@ static mp_obj_t mtk_conv_update_scratch(mp_obj_t geom, mp_obj_t lo, mp_obj_t hi)
     u.cin_hi = int_arg(hi, u.cin_lo, g.in_c, "cin_hi");
     return mp_obj_new_int(mt_conv_scratch_update(&g, &u));
 }
-static MP_DEFINE_CONST_FUN_OBJ_3(mtk_conv_update_scratch_obj, mtk_conv_update_scratch);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_conv_update_scratch_obj, 3, 3, mtk_conv_update_scratch);
 
 // conv_forward(geom, x, zx, w, bias, mult, shift, zy, act_min, act_max, rounding, y, mask, scratch)
 static mp_obj_t mtk_conv_forward(size_t n_args, const mp_obj_t *args) {
@@ -372,7 +412,7 @@ static mp_obj_t mtk_conv_input_grad(size_t n_args, const mp_obj_t *args) {
     const int16_t *gy = buf_arg(args[1], T_S16, n_out(&g), 0, "gy");
     const int8_t *w = buf_arg(args[2], T_S8, g.out_c * taps(&g) * g.in_c, 0, "w");
     int32_t *gx = buf_arg(args[3], T_S32, n_in(&g), F_OUT, "gx_acc");
-    check_grad_bound(gy, n_out(&g), 128 * g.out_c * taps(&g), "max|gy| * 128 * out_c * k_h * k_w must be < 2^31");
+    check_grad_bound(gy, n_out(&g), 128, g.out_c, taps(&g), "max|gy| * 128 * out_c * k_h * k_w must be < 2^31");
     mt_conv_input_grad(&g, gy, w, gx);
     return mp_const_none;
 }
@@ -394,7 +434,7 @@ static mp_obj_t mtk_conv_update(size_t n_args, const mp_obj_t *args) {
     mt_update_t u;
     update_arg(args + 7, &g, bias, &u);
     mp_int_t M = (mp_int_t)g.out_h * g.out_w;
-    check_grad_bound(gy, n_out(&g), u.cin_hi > u.cin_lo ? 255 * M : M, "max|gy| * 255 * out_h * out_w must be < 2^31");
+    check_grad_bound(gy, n_out(&g), u.cin_hi > u.cin_lo ? 255 : 1, M, 1, "max|gy| * 255 * out_h * out_w must be < 2^31");
     void *scratch = buf_arg(args[15], T_RAW, mt_conv_scratch_update(&g, &u), F_OUT | F_ATLEAST, "scratch");
     mt_conv_update(&g, x, zx, gy, g_exp, w, bias, &u, scratch);
     return mp_const_none;
@@ -429,7 +469,7 @@ static mp_obj_t mtk_dwconv_input_grad(size_t n_args, const mp_obj_t *args) {
     const int16_t *gy = buf_arg(args[1], T_S16, n_out(&g), 0, "gy");
     const int8_t *w = buf_arg(args[2], T_S8, taps(&g) * g.out_c, 0, "w");
     int32_t *gx = buf_arg(args[3], T_S32, n_in(&g), F_OUT, "gx_acc");
-    check_grad_bound(gy, n_out(&g), 128 * taps(&g) * g.depth_mult, "max|gy| * 128 * k_h * k_w * depth_mult must be < 2^31");
+    check_grad_bound(gy, n_out(&g), 128, taps(&g), g.depth_mult, "max|gy| * 128 * k_h * k_w * depth_mult must be < 2^31");
     mt_dwconv_input_grad(&g, gy, w, gx);
     return mp_const_none;
 }
@@ -451,7 +491,7 @@ static mp_obj_t mtk_dwconv_update(size_t n_args, const mp_obj_t *args) {
     mt_update_t u;
     update_arg(args + 7, &g, bias, &u);
     mp_int_t M = (mp_int_t)g.out_h * g.out_w;
-    check_grad_bound(gy, n_out(&g), u.cin_hi > u.cin_lo ? 255 * M : M, "max|gy| * 255 * out_h * out_w must be < 2^31");
+    check_grad_bound(gy, n_out(&g), u.cin_hi > u.cin_lo ? 255 : 1, M, 1, "max|gy| * 255 * out_h * out_w must be < 2^31");
     int32_t *scratch = buf_arg(args[15], T_RAW, 4 * taps(&g), F_OUT | F_ATLEAST, "scratch");
     mt_dwconv_update(&g, x, zx, gy, g_exp, w, bias, &u, scratch);
     return mp_const_none;
@@ -466,7 +506,9 @@ static void pool_geom(mp_obj_t o, mt_geom_t *g) {
 }
 
 // maxpool_forward(geom, x, y)
-static mp_obj_t mtk_maxpool_forward(mp_obj_t geom, mp_obj_t x_in, mp_obj_t y_out) {
+static mp_obj_t mtk_maxpool_forward(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mp_obj_t geom = args[0], x_in = args[1], y_out = args[2];
     mt_geom_t g;
     pool_geom(geom, &g);
     const int8_t *x = buf_arg(x_in, T_S8, n_in(&g), 0, "x");
@@ -474,7 +516,7 @@ static mp_obj_t mtk_maxpool_forward(mp_obj_t geom, mp_obj_t x_in, mp_obj_t y_out
     mt_maxpool_forward(&g, x, y);
     return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_3(mtk_maxpool_forward_obj, mtk_maxpool_forward);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_maxpool_forward_obj, 3, 3, mtk_maxpool_forward);
 
 // maxpool_input_grad(geom, x, gy, gx_acc)
 static mp_obj_t mtk_maxpool_input_grad(size_t n_args, const mp_obj_t *args) {
@@ -504,7 +546,9 @@ static mp_obj_t mtk_avgpool_forward(size_t n_args, const mp_obj_t *args) {
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_avgpool_forward_obj, 5, 5, mtk_avgpool_forward);
 
 // avgpool_input_grad(geom, gy, gx_acc): gx_acc scale is 2^(g_exp - 13)
-static mp_obj_t mtk_avgpool_input_grad(mp_obj_t geom, mp_obj_t gy_in, mp_obj_t gx_out) {
+static mp_obj_t mtk_avgpool_input_grad(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mp_obj_t geom = args[0], gy_in = args[1], gx_out = args[2];
     mt_geom_t g;
     pool_geom(geom, &g);
     const int16_t *gy = buf_arg(gy_in, T_S16, n_out(&g), 0, "gy");
@@ -512,7 +556,7 @@ static mp_obj_t mtk_avgpool_input_grad(mp_obj_t geom, mp_obj_t gy_in, mp_obj_t g
     mt_avgpool_input_grad(&g, gy, gx);
     return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_3(mtk_avgpool_input_grad_obj, mtk_avgpool_input_grad);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_avgpool_input_grad_obj, 3, 3, mtk_avgpool_input_grad);
 
 // add_forward(x1, x2, params, y, mask): params int32[12] (see mt_add_params_t)
 static mp_obj_t mtk_add_forward(size_t n_args, const mp_obj_t *args) {
@@ -588,7 +632,9 @@ static mp_obj_t mtk_softmax_forward(size_t n_args, const mp_obj_t *args) {
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_softmax_forward_obj, 7, 7, mtk_softmax_forward);
 
 // softmax_grad(y, label, gy): gradient at the logits, g_exp = -15
-static mp_obj_t mtk_softmax_grad(mp_obj_t y_in, mp_obj_t label_in, mp_obj_t gy_out) {
+static mp_obj_t mtk_softmax_grad(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mp_obj_t y_in = args[0], label_in = args[1], gy_out = args[2];
     mp_buffer_info_t bi;
     if (!mp_get_buffer(y_in, &bi, MP_BUFFER_READ)) {
         arg_error(&mp_type_TypeError, "y", "expected an int8 buffer");
@@ -600,7 +646,7 @@ static mp_obj_t mtk_softmax_grad(mp_obj_t y_in, mp_obj_t label_in, mp_obj_t gy_o
     mt_softmax_grad(depth, y, label, gy);
     return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_3(mtk_softmax_grad_obj, mtk_softmax_grad);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_softmax_grad_obj, 3, 3, mtk_softmax_grad);
 
 // grad_rescale(gy, m, n, mult, shift, out): per-channel (n channels) rescale to int16
 static mp_obj_t mtk_grad_rescale(size_t n_args, const mp_obj_t *args) {
@@ -620,7 +666,9 @@ static mp_obj_t mtk_grad_rescale(size_t n_args, const mp_obj_t *args) {
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_grad_rescale_obj, 6, 6, mtk_grad_rescale);
 
 // grad_narrow(acc, mask, out) -> r: out = round(acc / 2^r) (0 where masked), max|out| < 2^14
-static mp_obj_t mtk_grad_narrow(mp_obj_t acc_in, mp_obj_t mask_in, mp_obj_t out_in) {
+static mp_obj_t mtk_grad_narrow(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mp_obj_t acc_in = args[0], mask_in = args[1], out_in = args[2];
     mp_buffer_info_t bi;
     if (!mp_get_buffer(acc_in, &bi, MP_BUFFER_READ)) {
         arg_error(&mp_type_TypeError, "acc", "expected an int32 buffer");
@@ -631,10 +679,12 @@ static mp_obj_t mtk_grad_narrow(mp_obj_t acc_in, mp_obj_t mask_in, mp_obj_t out_
     int16_t *out = buf_arg(out_in, T_S16, n, F_OUT, "out");
     return mp_obj_new_int(mt_grad_narrow((int32_t)n, acc, mask, out));
 }
-static MP_DEFINE_CONST_FUN_OBJ_3(mtk_grad_narrow_obj, mtk_grad_narrow);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_grad_narrow_obj, 3, 3, mtk_grad_narrow);
 
 // grad_mask(g, mask): zero the gradient where the activation was clamped (in place)
-static mp_obj_t mtk_grad_mask(mp_obj_t g_in, mp_obj_t mask_in) {
+static mp_obj_t mtk_grad_mask(size_t n_args, const mp_obj_t *args) {
+    (void)n_args;
+    mp_obj_t g_in = args[0], mask_in = args[1];
     mp_buffer_info_t bi;
     if (!mp_get_buffer(g_in, &bi, MP_BUFFER_READ)) {
         arg_error(&mp_type_TypeError, "g", "expected an int16 buffer");
@@ -645,42 +695,22 @@ static mp_obj_t mtk_grad_mask(mp_obj_t g_in, mp_obj_t mask_in) {
     mt_grad_mask((int32_t)n, g, mask);
     return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_2(mtk_grad_mask_obj, mtk_grad_mask);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_grad_mask_obj, 2, 2, mtk_grad_mask);
 
-// ---- module (the qstrs are spelled out: the natmod build scans the source text for them) ----------------------------------------------------------------------------------
-
-#define MTK_FUNCTIONS(F) \
-    F(MP_QSTR_requantize, mtk_requantize_obj) \
-    F(MP_QSTR_conv_forward_scratch, mtk_conv_forward_scratch_obj) \
-    F(MP_QSTR_conv_update_scratch, mtk_conv_update_scratch_obj) \
-    F(MP_QSTR_conv_forward, mtk_conv_forward_obj) \
-    F(MP_QSTR_conv_input_grad, mtk_conv_input_grad_obj) \
-    F(MP_QSTR_conv_update, mtk_conv_update_obj) \
-    F(MP_QSTR_dwconv_forward, mtk_dwconv_forward_obj) \
-    F(MP_QSTR_dwconv_input_grad, mtk_dwconv_input_grad_obj) \
-    F(MP_QSTR_dwconv_update, mtk_dwconv_update_obj) \
-    F(MP_QSTR_maxpool_forward, mtk_maxpool_forward_obj) \
-    F(MP_QSTR_maxpool_input_grad, mtk_maxpool_input_grad_obj) \
-    F(MP_QSTR_avgpool_forward, mtk_avgpool_forward_obj) \
-    F(MP_QSTR_avgpool_input_grad, mtk_avgpool_input_grad_obj) \
-    F(MP_QSTR_add_forward, mtk_add_forward_obj) \
-    F(MP_QSTR_clamp_forward, mtk_clamp_forward_obj) \
-    F(MP_QSTR_softmax_forward, mtk_softmax_forward_obj) \
-    F(MP_QSTR_softmax_grad, mtk_softmax_grad_obj) \
-    F(MP_QSTR_grad_rescale, mtk_grad_rescale_obj) \
-    F(MP_QSTR_grad_narrow, mtk_grad_narrow_obj) \
-    F(MP_QSTR_grad_mask, mtk_grad_mask_obj)
-
-#ifdef MICROPY_ENABLE_DYNRUNTIME
-
-mp_obj_t mpy_init(mp_obj_fun_bc_t *self, size_t n_args, size_t n_kw, mp_obj_t *args) {
-    MP_DYNRUNTIME_INIT_ENTRY
-    #define MTK_STORE(qstr, obj) mp_store_global(qstr, MP_OBJ_FROM_PTR(&obj));
-    MTK_FUNCTIONS(MTK_STORE)
-    MP_DYNRUNTIME_INIT_EXIT
+// crc32(data, crc=0) -> int: zlib's CRC-32 of a buffer, continuing from crc
+static mp_obj_t mtk_crc32(size_t n_args, const mp_obj_t *args) {
+    mp_buffer_info_t bi;
+    if (!mp_get_buffer(args[0], &bi, MP_BUFFER_READ)) {
+        arg_error(&mp_type_TypeError, "data", "expected a buffer");
+    }
+    uint32_t crc = n_args > 1 ? (uint32_t)mp_obj_get_int_truncated(args[1]) : 0;
+    return mp_obj_new_int_from_uint(mt_crc32(crc, bi.buf, (int32_t)bi.len));
 }
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_crc32_obj, 1, 2, mtk_crc32);
 
-#else
+// ---- the user C module's globals ---------------------------------------------------------
+
+#ifndef MICROPY_ENABLE_DYNRUNTIME
 
 static const mp_rom_map_elem_t mtkernels_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR_mtkernels) },

@@ -61,7 +61,7 @@ void mt_store_output(const mt_requant_t *rq, const int32_t *bias, int32_t c, int
     }
     int32_t k = rq->per_channel ? c : 0;
     int32_t r = rq->double_rounding ? mt_requantize(acc, rq->mult[k], rq->shift[k], 1)
-        : mt_requant_single_inline(acc, rq->mult[k], rq->shift[k]);
+        : mt_scale_round_fast(acc, rq->mult[k], rq->shift[k]);
     int32_t v = (int32_t)((uint32_t)r + (uint32_t)rq->zy);
     int32_t pass = 1;
     if (v < rq->act_min) {
@@ -221,14 +221,17 @@ static void update_row(const mt_geom_t *g, int32_t c, const int32_t *gw, int32_t
     int32_t j = 0;
     if (u->cin_hi > u->cin_lo) {
         int8_t *row = w + c * taps * g->in_c;
+        int32_t mult = u->w_mult[c], shift16 = u->w_shift[c] + g_exp + 16;
+        uint32_t s = *u->rng;
         for (int32_t t = 0; t < taps; t++) {
             int8_t *p = row + t * g->in_c;
             for (int32_t ci = u->cin_lo; ci < u->cin_hi; ci++) {
-                int32_t d = mt_sgd_step(gw[j++], u->w_mult[c], u->w_shift[c], g_exp, u->rng);
-                int32_t v = p[ci] - d;
+                s = mt_xorshift32_step(s);
+                int32_t v = p[ci] - mt_sgd_delta(gw[j++], mult, shift16, s);
                 p[ci] = (int8_t)(v < -127 ? -127 : v > 127 ? 127 : v);
             }
         }
+        *u->rng = s;
     }
     if (u->b_mult && bias) {
         int32_t d = mt_sgd_step(g_sum, u->b_mult[c], u->b_shift[c], g_exp, u->rng);

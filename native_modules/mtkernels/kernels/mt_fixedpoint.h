@@ -61,16 +61,37 @@ static inline int32_t mt_scale_round_inline(int32_t x, int32_t mult, int32_t shi
     return (int32_t)res_lo;
 }
 
-/* Output requantization, single rounding: the common case shift <= -2 (a right shift of at
- * least 33 bits of the 64-bit product) needs only its high word and cannot saturate. */
-static inline int32_t mt_requant_single_inline(int32_t acc, int32_t mult, int32_t shift) {
+/* mt_scale_round with a fast path: for shift <= -2 (a right shift of at least 33 bits of the
+ * 64-bit product) only the high word matters and nothing can saturate.  Same results. */
+static inline int32_t mt_scale_round_fast(int32_t x, int32_t mult, int32_t shift) {
     if (shift <= -2) {
+        if (shift < -31) {
+            shift = -31;
+        }
         uint32_t lo;
-        int32_t hi = mt_mul_hi_inline(acc, mult, &lo);
-        int32_t r = -1 - shift;   /* 31 - shift - 32 */
+        int32_t hi = mt_mul_hi_inline(x, mult, &lo);
+        int32_t r = -1 - shift;   /* 31 - shift - 32, in [1, 30] */
         return (hi + (int32_t)(1u << (r - 1))) >> r;
     }
-    return mt_scale_round_inline(acc, mult, shift);
+    return mt_scale_round_inline(x, mult, shift);
+}
+
+/* Marsaglia xorshift32 (13, 17, 5) on a local copy of the state. */
+static inline uint32_t mt_xorshift32_step(uint32_t s) {
+    s ^= s << 13;
+    s ^= s >> 17;
+    s ^= s << 5;
+    return s;
+}
+
+/* One SGD step of a parameter (see mt_update.c): grad * f * 2^g_exp in Q16, rounded down or up
+ * with the next PRNG draw.  `shift16` is shift + g_exp + 16. */
+static inline int32_t mt_sgd_delta(int32_t grad, int32_t mult, int32_t shift16, uint32_t draw) {
+    int32_t v = mt_scale_round_fast(grad, mult, shift16);
+    if (v > INT32_MAX - 0xffff) {
+        v = INT32_MAX - 0xffff;
+    }
+    return (v + (int32_t)(draw >> 16)) >> 16;
 }
 
 #endif /* MT_FIXEDPOINT_H */

@@ -130,4 +130,7 @@ void mt_grad_rescale(int32_t m, int32_t n, const int16_t *gy, const int32_t *mul
 int32_t mt_grad_narrow(int32_t n, const int32_t *acc, const uint8_t *mask, int16_t *out);
 void mt_grad_mask(int32_t n, int16_t *g, const uint8_t *mask);
 
+/* ---- integrity (mt_crc32.c) ---- */
+uint32_t mt_crc32(uint32_t crc, const uint8_t *data, int32_t n);
+
 #endif /* MT_KERNELS_H */

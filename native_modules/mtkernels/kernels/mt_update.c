@@ -13,16 +13,13 @@
  * alternative (an int16/int32 shadow copy of the trainable weights) would triple their RAM.  The
  * PRNG is advanced exactly once per updated parameter, in plan order, and its state is part of
  * the training state (checkpointed and restored on rollback), so every port and the numpy
- * simulator take identical steps.
+ * simulator take identical steps.  The hot loops inline the same arithmetic (mt_fixedpoint.h).
  */
 #include "mt_kernels.h"
 #include "mt_fixedpoint.h"
 
 int32_t mt_sgd_step(int32_t grad, int32_t mult, int32_t shift, int32_t g_exp, uint32_t *rng) {
-    int32_t v = mt_scale_round_inline(grad, mult, shift + g_exp + 16);
-    int32_t u = (int32_t)(mt_xorshift32(rng) >> 16);
-    if (v > INT32_MAX - 0xffff) {
-        v = INT32_MAX - 0xffff;
-    }
-    return (v + u) >> 16;
+    uint32_t s = mt_xorshift32_step(*rng);
+    *rng = s;
+    return mt_sgd_delta(grad, mult, shift + g_exp + 16, s);
 }

@@ -1,0 +1,204 @@
+# The microtrain model file (.mtm), version 1: reader (runs on the board and on the host).
+#
+#   header   '<4sHHI'  magic b'MTRN', version, n_sections, crc32(header[0:8] + section table)
+#   table    n x '<4sIII'  tag, offset, length, crc32 of the section
+#   sections INFO LAYR WGHT BIAS QPAR LABL [PLAN IDX]  (offsets 4-aligned)
+#
+# Section layouts are the *_FMT strings below; docs/model-format.md describes every field.
+# The reader checks magic, version, bounds and every CRC before it trusts a byte, and says what
+# is wrong: a truncated, corrupted or newer file never loads half-way.
+
+import struct
+
+MAGIC = b"MTRN"
+VERSION = 1
+HEADER_FMT = "<4sHHI"
+SECTION_FMT = "<4sIII"
+INFO_FMT = "<HHHHHhHHf"      # n_layers n_classes in_h in_w in_c in_zp max_classes flags in_scale
+LAYER_FMT = "<BBH13i7i5I"    # op flags pad, geom[13], zx zy act_min act_max sm_mult sm_shift sm_diff_min,
+#                              w_off w_len b_off q_off q_n
+PLAN_FMT = "<HHHHIIIfiiHHH"  # n_train first_backward n_grads flags seed arena inference_arena lr
+#                              class_add_mult class_add_shift n_kept n_masks n_buffers
+TRAIN_FMT = "<HHHHIII"       # layer flags cin_lo cin_hi rows_off n_rows wq_off (bq_off follows)
+GRAD_FMT = "<HhI"            # layer exp_adjust q_off
+BUFFER_FMT = "<8sII"         # name offset size
+NONE = 0xFFFFFFFF
+
+OPS = ("conv", "dwconv", "maxpool", "avgpool", "softmax")
+FLAG_DOUBLE_ROUNDING = 1
+FLAG_BIAS = 2
+PLAN_QAS = 1
+MAX_SECTIONS = 16
+
+
+class ModelFileError(ValueError):
+    pass
+
+
+try:
+    from mtkernels import crc32
+except ImportError:
+    try:
+        from binascii import crc32
+    except ImportError:
+        from .pykernels import crc32
+
+
+def _crc(data, crc=0):
+    return crc32(data, crc) & 0xFFFFFFFF
+
+
+def _read_exact(f, n, what):
+    b = f.read(n)
+    if b is None or len(b) != n:
+        raise ModelFileError("truncated file: %s needs %d bytes, got %d" % (what, n, 0 if b is None else len(b)))
+    return b
+
+
+def read_sections(f):
+    """{tag: bytes} of a model file object, every CRC checked."""
+    head = _read_exact(f, struct.calcsize(HEADER_FMT), "header")
+    magic, version, n, crc = struct.unpack(HEADER_FMT, head)
+    if magic != MAGIC:
+        raise ModelFileError("not a microtrain model file (magic %r)" % (magic,))
+    if version > VERSION:
+        raise ModelFileError("model file version %d is newer than this microtrain (reads %d): update the board library"
+                             % (version, VERSION))
+    if version < 1 or n == 0 or n > MAX_SECTIONS:
+        raise ModelFileError("corrupted header (version %d, %d sections)" % (version, n))
+    table = _read_exact(f, n * struct.calcsize(SECTION_FMT), "section table")
+    if _crc(head[:8] + table) != crc:
+        raise ModelFileError("corrupted header (CRC mismatch)")
+    entries = []
+    for i in range(n):
+        entries.append(struct.unpack_from(SECTION_FMT, table, i * struct.calcsize(SECTION_FMT)))
+    pos = struct.calcsize(HEADER_FMT) + len(table)
+    sections = {}
+    for tag, off, length, scrc in sorted(entries, key=lambda e: e[1]):
+        tag = bytes(tag).decode()
+        if off < pos:
+            raise ModelFileError("corrupted section table (section %s overlaps)" % tag)
+        if off > pos:
+            _read_exact(f, off - pos, "padding before " + tag)
+        data = _read_exact(f, length, "section " + tag)
+        if _crc(data) != scrc:
+            raise ModelFileError("section %s is corrupted (CRC mismatch)" % tag)
+        sections[tag] = data
+        pos = off + length
+    for tag in ("INFO", "LAYR", "WGHT", "BIAS", "QPAR"):
+        if tag not in sections:
+            raise ModelFileError("section %s is missing" % tag)
+    return sections
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return read_sections(f)
+
+
+def _slice(blob, off, n, what):
+    if off + n > len(blob):
+        raise ModelFileError("%s points outside its section" % what)
+    return blob[off:off + n]
+
+
+def parse_layers(sections):
+    """List of layer dicts with their int8 weight / int32 bias / multiplier bytes."""
+    info = struct.unpack(INFO_FMT, sections["INFO"])
+    n_layers = info[0]
+    lsize = struct.calcsize(LAYER_FMT)
+    layr = sections["LAYR"]
+    if len(layr) != n_layers * lsize:
+        raise ModelFileError("LAYR holds %d bytes, %d layers need %d" % (len(layr), n_layers, n_layers * lsize))
+    layers = []
+    for i in range(n_layers):
+        v = struct.unpack_from(LAYER_FMT, layr, i * lsize)
+        op, flags = v[0], v[1]
+        if op >= len(OPS):
+            raise ModelFileError("layer %d has unknown op %d" % (i, op))
+        geom = v[3:16]
+        zx, zy, amin, amax, sm_mult, sm_shift, sm_diff = v[16:23]
+        w_off, w_len, b_off, q_off, q_n = v[23:28]
+        out_c = geom[5]
+        d = {"op": OPS[op], "geom": geom, "zx": zx, "zy": zy, "act_min": amin, "act_max": amax,
+             "double_rounding": flags & FLAG_DOUBLE_ROUNDING, "softmax": (sm_mult, sm_shift, sm_diff),
+             "w": None, "b": None, "mult": None, "shift": None}
+        if d["op"] in ("conv", "dwconv"):
+            d["w"] = _slice(sections["WGHT"], w_off, w_len, "layer %d weights" % i)
+            if flags & FLAG_BIAS:
+                d["b"] = _slice(sections["BIAS"], b_off, 4 * out_c, "layer %d bias" % i)
+            if q_n not in (1, out_c):
+                raise ModelFileError("layer %d has %d multipliers for %d channels" % (i, q_n, out_c))
+            d["mult"] = _slice(sections["QPAR"], q_off, 4 * q_n, "layer %d multipliers" % i)
+            d["shift"] = _slice(sections["QPAR"], q_off + 4 * q_n, 4 * q_n, "layer %d shifts" % i)
+        layers.append(d)
+    labels = []
+    if "LABL" in sections and len(sections["LABL"]):
+        labels = bytes(sections["LABL"]).decode().split("\n")
+    return info, layers, labels
+
+
+def parse_plan(sections, layers):
+    """The training plan, or None for an inference-only file."""
+    if "PLAN" not in sections:
+        return None
+    p = sections["PLAN"]
+    qpar = sections["QPAR"]
+    idx = sections.get("IDX", b"")
+    hsize = struct.calcsize(PLAN_FMT)
+    if len(p) < hsize:
+        raise ModelFileError("PLAN section is truncated")
+    h = struct.unpack_from(PLAN_FMT, p, 0)
+    n_train, first, n_grads, flags, seed, arena, inference, lr, ca_mult, ca_shift, n_kept, n_masks, n_buf = h
+    plan = {"first_backward": first, "qas": flags & PLAN_QAS, "seed": seed, "arena": arena,
+            "inference_arena": inference, "lr": lr, "class_add": (ca_mult, ca_shift), "train": [], "grads": {},
+            "kept": [], "masks": [], "buffers": {}}
+    pos = hsize
+    tsize = struct.calcsize(TRAIN_FMT) + 4
+    for _ in range(n_train):
+        if pos + tsize > len(p):
+            raise ModelFileError("PLAN section is truncated")
+        layer, tflags, lo, hi, rows_off, n_rows, wq = struct.unpack_from(TRAIN_FMT, p, pos)
+        bq = struct.unpack_from("<I", p, pos + tsize - 4)[0]
+        pos += tsize
+        if layer >= len(layers) or layers[layer]["w"] is None:
+            raise ModelFileError("PLAN trains layer %d, which has no parameters" % layer)
+        out_c = layers[layer]["geom"][5]
+        t = {"layer": layer, "bias": tflags & 1, "cin_lo": lo, "cin_hi": hi,
+             "rows": _slice(idx, rows_off, 2 * n_rows, "PLAN rows"), "n_rows": n_rows,
+             "w_mult": None, "w_shift": None, "b_mult": None, "b_shift": None}
+        if wq != NONE:
+            t["w_mult"] = _slice(qpar, wq, 4 * out_c, "PLAN weight factors")
+            t["w_shift"] = _slice(qpar, wq + 4 * out_c, 4 * out_c, "PLAN weight factors")
+        if bq != NONE:
+            t["b_mult"] = _slice(qpar, bq, 4 * out_c, "PLAN bias factors")
+            t["b_shift"] = _slice(qpar, bq + 4 * out_c, 4 * out_c, "PLAN bias factors")
+        plan["train"].append(t)
+    gsize = struct.calcsize(GRAD_FMT)
+    for _ in range(n_grads):
+        if pos + gsize > len(p):
+            raise ModelFileError("PLAN section is truncated")
+        layer, adj, q = struct.unpack_from(GRAD_FMT, p, pos)
+        pos += gsize
+        if layer >= len(layers) or layers[layer]["w"] is None:
+            raise ModelFileError("PLAN rescales layer %d, which has no weights" % layer)
+        out_c = layers[layer]["geom"][5]
+        plan["grads"][layer] = (_slice(qpar, q, 4 * out_c, "PLAN rescale"),
+                                _slice(qpar, q + 4 * out_c, 4 * out_c, "PLAN rescale"), adj)
+    for key, n in (("kept", n_kept), ("masks", n_masks)):
+        if pos + 2 * n > len(p):
+            raise ModelFileError("PLAN section is truncated")
+        plan[key] = list(struct.unpack_from("<%dH" % n, p, pos))
+        pos += 2 * n
+    pos = (pos + 3) & ~3
+    bsize = struct.calcsize(BUFFER_FMT)
+    for _ in range(n_buf):
+        if pos + bsize > len(p):
+            raise ModelFileError("PLAN section is truncated")
+        name, off, size = struct.unpack_from(BUFFER_FMT, p, pos)
+        pos += bsize
+        name = bytes(name).rstrip(b"\0").decode()
+        if off + size > arena or off & 3:
+            raise ModelFileError("PLAN buffer %s lies outside the arena or is misaligned" % name)
+        plan["buffers"][name] = (off, size)
+    return plan

@@ -1,0 +1,328 @@
+"""The planner: compile-time backward for one quantized model, one update policy and one board.
+
+It decides which parameters train (the weight split), which layers the backward pass runs through
+and which of them need an input gradient, the integer factors of every SGD step (QAS or plain int8
+SGD), which activations and clamp masks the forward pass must keep, and one arena layout with
+offsets.  It reports the peak training memory before anything is pushed and refuses a plan that
+does not fit the board, saying what would.
+
+Policies (DESIGN.md, after Lin et al. 2022):
+  bias-only         every bias of every conv / dense layer
+  last-k            weights and biases of the last k conv / dense layers   ("last-2")
+  sparse            per-layer choices: {layer: {"bias": bool, "weights": fraction of input channels}}
+                    layer indices may be negative (from the end); the IMU default is
+                    all biases + the dense weights + the last conv's weights on half its input channels
+  full              every weight and bias
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import reference as ref
+from .graph import PARAMETRIC
+from .quant import quantize_multipliers
+
+ALIGN = 4
+SPARE_CLASSES = 4            # rows reserved for classes added on the board
+
+
+@dataclass
+class TrainSpec:
+    """What trains in one layer."""
+    layer: int
+    rows: np.ndarray            # output channels updated (uint16, ascending)
+    cin_lo: int                 # input channels [cin_lo, cin_hi) of every tap train; == : weights frozen
+    cin_hi: int
+    bias: bool
+    w_mult: np.ndarray = None   # per output channel SGD factors (int32 mult, shift)
+    w_shift: np.ndarray = None
+    b_mult: np.ndarray = None
+    b_shift: np.ndarray = None
+
+    @property
+    def weights(self):
+        return self.cin_hi > self.cin_lo
+
+    def n_params(self, layer):
+        g = layer.geom
+        per_row = g.taps * (self.cin_hi - self.cin_lo) if layer.op == "conv" else (g.taps if self.weights else 0)
+        return len(self.rows) * (per_row + (1 if self.bias else 0))
+
+
+@dataclass
+class GradSpec:
+    """Input gradient of one conv / dwconv layer: gy is rescaled by s_w[c] * 2^(E - h) first."""
+    layer: int
+    mult: np.ndarray
+    shift: np.ndarray
+    exp_adjust: int             # gx exponent = gy exponent - E + h (+ the narrowing shift)
+
+
+@dataclass
+class Buffer:
+    name: str
+    offset: int
+    size: int                   # bytes
+
+
+@dataclass
+class Plan:
+    policy: str
+    lr: float
+    qas: bool
+    train: list                 # TrainSpec per trainable layer (ascending layer index)
+    grads: dict                 # layer index -> GradSpec (layers that pass a gradient down)
+    first_backward: int         # lowest layer the backward pass reaches
+    kept: list                  # layer indices whose output activation is kept for backward
+    masks: list                 # layer indices whose output clamp mask is kept
+    buffers: dict               # name -> Buffer in the training arena
+    arena_size: int
+    inference_arena: int
+    weight_bytes_ram: int       # trainable weights + biases copied to RAM
+    frozen_bytes: int           # weights that stay in the model file / flash
+    max_classes: int
+    seed: int = 0x2545F491
+    class_add: tuple = (0, 0)   # (mult, shift): s_x / s_w of the classifier, for class addition
+    notes: list = field(default_factory=list)
+
+    @property
+    def training_bytes(self):
+        return self.arena_size
+
+    def summary(self, model):
+        lines = [f"policy {self.policy} ({'QAS' if self.qas else 'int8 SGD'}), lr {self.lr:g}"]
+        n_par = sum(t.n_params(model.layers[t.layer]) for t in self.train)
+        total = sum((l.w.size if l.w is not None else 0) + (l.b.size if l.b is not None else 0)
+                    for l in model.layers)
+        lines.append(f"trainable parameters: {n_par} of {total}")
+        for t in self.train:
+            l = model.layers[t.layer]
+            what = []
+            if t.weights:
+                what.append(f"weights of {len(t.rows)}/{l.geom.out_c} channels"
+                            + (f", input channels {t.cin_lo}..{t.cin_hi - 1} of {l.geom.in_c}" if l.op == "conv" else ""))
+            if t.bias:
+                what.append("bias")
+            lines.append(f"  layer {t.layer} {l.op} {l.name}: " + ", ".join(what))
+        lines.append(f"backward reaches layer {self.first_backward}; kept activations {self.kept}, masks {self.masks}")
+        lines.append(f"RAM: training arena {self.arena_size} B, inference arena {self.inference_arena} B, "
+                     f"trainable weights {self.weight_bytes_ram} B; frozen weights {self.frozen_bytes} B stay in flash")
+        lines.append(f"peak training RAM (arena + trainable weights): {self.peak_bytes} B")
+        return "\n".join(lines)
+
+    @property
+    def peak_bytes(self):
+        return self.arena_size + self.weight_bytes_ram
+
+
+class PlanError(ValueError):
+    """A plan that cannot run: the message says why and what would fit."""
+
+
+def _align(n):
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def parametric_layers(model):
+    return [i for i, l in enumerate(model.layers) if l.op in PARAMETRIC]
+
+
+def resolve_policy(model, policy):
+    """Policy name / dict -> {layer: {"bias": bool, "weights": fraction}}."""
+    par = parametric_layers(model)
+    if not par:
+        raise PlanError("the model has no conv or dense layer to train")
+    if isinstance(policy, dict):
+        spec = {}
+        for k, v in policy.items():
+            i = int(k)
+            i = i if i >= 0 else len(model.layers) + i
+            if i not in par:
+                raise PlanError(f"policy names layer {k}, which has no parameters (trainable: {par})")
+            spec[i] = {"bias": bool(v.get("bias", False)), "weights": float(v.get("weights", 0.0))}
+        return spec
+    if policy == "bias-only":
+        return {i: {"bias": True, "weights": 0.0} for i in par}
+    if policy == "full":
+        return {i: {"bias": True, "weights": 1.0} for i in par}
+    if policy.startswith("last-"):
+        k = int(policy.split("-", 1)[1])
+        return {i: {"bias": True, "weights": 1.0} for i in par[-k:]}
+    if policy == "sparse":
+        # all biases, the classifier's weights, the last conv's weights on half its input channels
+        spec = {i: {"bias": True, "weights": 0.0} for i in par}
+        spec[par[-1]]["weights"] = 1.0
+        if len(par) > 1:
+            spec[par[-2]]["weights"] = 0.5
+        return spec
+    raise PlanError(f"unknown policy {policy!r}: bias-only, last-K, sparse, full or a per-layer dict")
+
+
+def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=None, seed=0x2545F491):
+    """Build the training plan; raises PlanError if it needs more than `budget` bytes of RAM."""
+    spec = resolve_policy(model, policy)
+    layers = model.layers
+    max_classes = max_classes or model.n_classes + SPARE_CLASSES
+    train = []
+    for i in sorted(spec):
+        l, s = layers[i], spec[i]
+        g = l.geom
+        frac = s["weights"]
+        if l.op == "conv":
+            cin_hi = int(np.ceil(frac * g.in_c)) if frac > 0 else 0
+        else:
+            cin_hi = 1 if frac > 0 else 0
+        if cin_hi == 0 and not s["bias"]:
+            continue
+        t = TrainSpec(i, np.arange(g.out_c, dtype=np.uint16), 0, cin_hi, s["bias"])
+        s_w = np.asarray(l.s_w, dtype=np.float64)
+        if qas:          # the paper's QAS: dW_q = -eta * s_x / s_w * (s_g G)
+            wf, bf = lr * l.s_x / s_w, lr / (s_w * l.s_x)
+        else:            # plain int8 SGD on the integers: dW_q = -eta' * dL/dW_q
+            wf, bf = lr * l.s_x * s_w, lr * s_w * l.s_x
+        if t.weights:
+            t.w_mult, t.w_shift = quantize_multipliers(wf)
+        if t.bias:
+            t.b_mult, t.b_shift = quantize_multipliers(bf)
+        train.append(t)
+    if not train:
+        raise PlanError(f"policy {policy!r} trains nothing")
+    first = min(t.layer for t in train)
+    last = len(layers) - 1
+
+    # layers whose input gradient is needed: every layer above the lowest trainable one
+    grads = {}
+    for i in range(first + 1, last + 1):
+        l = layers[i]
+        if l.op in PARAMETRIC:
+            g = l.geom
+            s_w = np.asarray(l.s_w, dtype=np.float64)
+            E = int(np.floor(-np.log2(s_w.max())))
+            fan = g.out_c * g.taps if l.op == "conv" else g.taps * g.depth_mult
+            # keep max|g'| * 128 * fan < 2^31 (the binding's bound) with |gy| < 2^15
+            h = max(0, int(np.ceil(np.log2(128 * fan))) - 16)
+            mult, shift = quantize_multipliers(s_w * 2.0 ** (E - h))
+            grads[i] = GradSpec(i, mult, shift, -E + h)
+
+    # weight-gradient bound of the update kernels: max|gy| * 255 * positions < 2^31
+    for t in train:
+        if t.weights and layers[t.layer].geom.positions * 255 * (1 << 15) >= 1 << 31:
+            raise PlanError(f"layer {t.layer} has {layers[t.layer].geom.positions} output positions: weight "
+                            "gradients over more than 256 positions are not supported yet; train its bias only")
+
+    # what the backward pass reads from the forward pass
+    kept, masks = set(), set()
+    for t in train:
+        if t.weights and t.layer > 0:
+            kept.add(t.layer - 1)            # the layer's input
+    for i in range(first + 1, last + 1):
+        l = layers[i]
+        if l.op == "maxpool" and i > 0:
+            kept.add(i - 1)                  # argmax is recomputed from the input
+        prev = layers[i - 1]
+        if prev.op in PARAMETRIC:
+            masks.add(i - 1)                 # the gradient into layer i's input passes prev's clamp
+    if 0 in [t.layer for t in train if t.weights]:
+        pass                                 # layer 0 reads the sample itself: kept as the input
+    kept, masks = sorted(kept), sorted(masks)
+
+    buffers, arena = _layout(model, first, kept, masks, grads, train, max_classes)
+    inference = _inference_arena(model)
+    ram_w = 0
+    frozen = 0
+    trainable_layers = {t.layer for t in train}
+    for i, l in enumerate(layers):
+        if l.op not in PARAMETRIC:
+            continue
+        wb = l.w.size + 4 * l.b.size
+        if i in trainable_layers:
+            ram_w += wb
+        else:
+            frozen += wb
+    # the classifier grows to max_classes rows: reserve them
+    cls = layers[-2] if layers[-1].op == "softmax" else layers[-1]
+    extra_rows = max_classes - model.n_classes
+    if len(layers) - 2 in trainable_layers and extra_rows > 0:
+        ram_w += extra_rows * (cls.geom.taps * cls.geom.in_c + 4)
+    p = Plan(str(policy) if not isinstance(policy, dict) else "custom", lr, qas, train, grads, first, kept, masks,
+             buffers, arena, inference, ram_w, frozen, max_classes, seed)
+    if cls.op == "conv" and cls.s_w is not None:
+        from .quant import quantize_multiplier
+        p.class_add = quantize_multiplier(float(cls.s_x / np.max(cls.s_w)))
+    if budget is not None and p.peak_bytes > budget:
+        raise PlanError(_suggest(model, p, budget, lr, qas))
+    return p
+
+
+def _suggest(model, p, budget, lr, qas):
+    msg = f"the plan needs {p.peak_bytes} B of RAM, the board budget is {budget} B"
+    for alt in ("sparse", "last-1", "bias-only"):
+        if alt == p.policy:
+            continue
+        try:
+            q = plan(model, alt, lr, qas, None, p.max_classes)
+        except PlanError:
+            continue
+        if q.peak_bytes <= budget:
+            return f"{msg}; policy {alt!r} fits ({q.peak_bytes} B)"
+    return f"{msg}; no built-in policy fits: use a smaller model or a board with more RAM"
+
+
+def _layout(model, first, kept, masks, grads, train, max_classes):
+    """One arena for training: forward activations (kept ones have their own slot, the others
+    ping-pong), clamp masks, gradient buffers and the kernels' scratch."""
+    layers = model.layers
+    bufs = {}
+    off = 0
+
+    def add(name, size):
+        nonlocal off
+        bufs[name] = Buffer(name, off, size)
+        off = _align(off + size)
+
+    def out_size(i):
+        l = layers[i]
+        if i >= len(layers) - 2 and l.geom.out_c == model.n_classes:   # logits / probabilities grow
+            return max_classes
+        return l.out_size
+
+    # the input sample
+    add("input", int(np.prod(model.input_shape)))
+    transient = [i for i in range(len(layers)) if i not in kept]
+    ping = max((out_size(i) for i in transient), default=0)
+    for i in kept:
+        add(f"act{i}", out_size(i))
+    add("ping0", ping)
+    add("ping1", ping)
+    for i in masks:
+        add(f"mask{i}", (out_size(i) + 7) // 8)
+    # backward: gradients w.r.t. layer outputs along the path (int16), the rescaled gradient,
+    # the int32 input-gradient accumulator
+    path = range(first, len(layers))
+    gmax = max(out_size(i) for i in path)
+    gin = max((layers[i].in_size for i in path if i > first), default=0)
+    add("grad0", 2 * max(gmax, gin))
+    add("grad1", 2 * max(gmax, gin))
+    add("gacc", 4 * gin)
+    scratch = 0
+    for i, l in enumerate(layers):
+        if l.op == "conv":
+            scratch = max(scratch, 4 * l.geom.taps * l.geom.in_c)
+    for t in train:
+        l = layers[t.layer]
+        if l.op == "conv":
+            g = l.geom
+            kc = g.taps * (t.cin_hi - t.cin_lo)
+            scratch = max(scratch, _align(2 * kc * g.positions) + _align(4 * g.positions) + 8 * kc)
+        elif l.op == "dwconv":
+            scratch = max(scratch, 4 * l.geom.taps)
+    add("scratch", scratch)
+    return bufs, off
+
+
+def _inference_arena(model):
+    layers = model.layers
+    ping = max(l.out_size for l in layers)
+    scratch = max([4 * l.geom.taps * l.geom.in_c for l in layers if l.op == "conv"] + [0])
+    return _align(int(np.prod(model.input_shape))) + 2 * _align(ping) + scratch

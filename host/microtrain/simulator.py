@@ -1,0 +1,96 @@
+"""The host simulator: runs a training plan with the numpy reference kernels, step for step what
+the board does (firmware/microtrain/trainer.py), so that after any number of steps on the same
+samples the board and the simulator hold identical trainable weights, PRNG state and counters.
+
+Also the fp32 fine-tuning baseline of the same trainable subset (`float_finetune`).
+"""
+
+import math
+
+import numpy as np
+
+from . import reference as ref
+from .graph import run_layer
+
+LOGIT_GRAD_EXP = ref.SOFTMAX_GRAD_EXP
+
+
+class Simulator:
+    def __init__(self, model, plan):
+        self.model = model.copy()
+        self.plan = plan
+        self.rng = plan.seed & 0xFFFFFFFF or 1
+        self.steps = 0
+        self.lr_shift = 0
+        self.train = {t.layer: t for t in plan.train}
+
+    # ---- inference ----
+    def forward(self, xq):
+        x = np.asarray(xq, dtype=np.int8).ravel()
+        outs = [x]
+        masks = {}
+        for i, l in enumerate(self.model.layers):
+            y, mask = run_layer(l, outs[-1])
+            outs.append(y)
+            masks[i] = mask
+        return outs, masks
+
+    def predict(self, xq):
+        outs, _ = self.forward(xq)
+        return int(np.argmax(outs[-1])), outs[-1]
+
+    def evaluate(self, X, y):
+        return float(np.mean([self.predict(x)[0] == t for x, t in zip(X, y)]))
+
+    # ---- one training step ----
+    def step(self, xq, label):
+        """Forward, backward along the plan, in-place SGD; returns the loss (float, report only)."""
+        layers = self.model.layers
+        outs, masks = self.forward(xq)
+        probs = outs[-1]
+        last = len(layers) - 1
+        if layers[last].op != "softmax":
+            raise ValueError("training needs a softmax classifier as the last layer")
+        g = ref.softmax_grad(probs, label)
+        e = LOGIT_GRAD_EXP
+        if masks.get(last - 1) is not None:
+            g = ref.grad_mask(g, masks[last - 1])
+        for i in range(last - 1, self.plan.first_backward - 1, -1):
+            l = layers[i]
+            x = outs[i]                      # this layer's input
+            gx = ex = None
+            if i in self.plan.grads or (i > self.plan.first_backward and l.op in ("maxpool", "avgpool")):
+                if l.op in ("conv", "dwconv"):
+                    gs = self.plan.grads[i]
+                    gp = ref.grad_rescale(g.reshape(-1, l.geom.out_c), gs.mult, gs.shift).ravel()
+                    fn = ref.conv_input_grad if l.op == "conv" else ref.dwconv_input_grad
+                    acc = fn(l.geom, gp, l.w)
+                    adj = gs.exp_adjust
+                elif l.op == "maxpool":
+                    acc, adj = ref.maxpool_input_grad(l.geom, x, g), 0
+                else:
+                    acc, adj = ref.avgpool_input_grad(l.geom, g), -ref.AVGPOOL_GRAD_BITS
+                gx, r = ref.grad_narrow(acc, masks.get(i - 1))
+                ex = e + adj + r
+            t = self.train.get(i)
+            if t is not None:
+                fn = ref.conv_update if l.op == "conv" else ref.dwconv_update
+                l.w, l.b, self.rng = fn(l.geom, x, l.z_x, g, e + self.lr_shift, l.w, l.b, t.rows, t.cin_lo, t.cin_hi,
+                                        t.w_mult, t.w_shift, t.b_mult if t.bias else None,
+                                        t.b_shift if t.bias else None, self.rng)
+            if gx is None:
+                break
+            g, e = gx, ex
+        self.steps += 1
+        p = (int(probs[label]) + 128) / 256.0
+        return -math.log(max(p, 1.0 / 512))
+
+    # ---- state ----
+    def trainable_state(self):
+        """Bytes of everything training changes, in the board's checkpoint order."""
+        out = bytearray()
+        for t in self.plan.train:
+            l = self.model.layers[t.layer]
+            out += np.asarray(l.w, np.int8).tobytes()
+            out += np.asarray(l.b, np.int32).tobytes()
+        return bytes(out), self.rng, self.steps
