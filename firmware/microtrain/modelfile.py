@@ -2,7 +2,7 @@
 #
 #   header   '<4sHHI'  magic b'MTRN', version, n_sections, crc32(header[0:8] + section table)
 #   table    n x '<4sIII'  tag, offset, length, crc32 of the section
-#   sections INFO LAYR WGHT BIAS QPAR LABL [PLAN IDX]  (offsets 4-aligned)
+#   sections INFO LAYR WGHT BIAS QPAR LABL [PLAN INDX]  (offsets 4-aligned)
 #
 # Section layouts are the *_FMT strings below; docs/model-format.md describes every field.
 # The reader checks magic, version, bounds and every CRC before it trusts a byte, and says what
@@ -97,9 +97,10 @@ def read(path):
 
 
 def _slice(blob, off, n, what):
+    """A view (no copy) of n bytes of a section."""
     if off + n > len(blob):
         raise ModelFileError("%s points outside its section" % what)
-    return blob[off:off + n]
+    return memoryview(blob)[off:off + n]
 
 
 def parse_layers(sections):
@@ -144,7 +145,7 @@ def parse_plan(sections, layers):
         return None
     p = sections["PLAN"]
     qpar = sections["QPAR"]
-    idx = sections.get("IDX", b"")
+    idx = sections.get("INDX", b"")
     hsize = struct.calcsize(PLAN_FMT)
     if len(p) < hsize:
         raise ModelFileError("PLAN section is truncated")

@@ -229,17 +229,25 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
 
     buffers, arena = _layout(model, first, kept, masks, grads, train, max_classes)
     inference = _inference_arena(model)
+    # RAM: the weights of layers whose weights train and every trained bias; frozen weights (also
+    # those of bias-only layers) stay in the model file / flash
     ram_w = 0
     frozen = 0
-    trainable_layers = {t.layer for t in train}
+    by_layer = {t.layer: t for t in train}
     for i, l in enumerate(layers):
         if l.op not in PARAMETRIC:
             continue
-        wb = l.w.size + 4 * l.b.size
-        if i in trainable_layers:
-            ram_w += wb
+        t = by_layer.get(i)
+        nb = 4 * (l.b.size if l.b is not None else 0)
+        if t is not None and t.weights:
+            ram_w += l.w.size
         else:
-            frozen += wb
+            frozen += l.w.size
+        if t is not None and t.bias:
+            ram_w += nb
+        else:
+            frozen += nb
+    trainable_layers = set(by_layer)
     # the classifier grows to max_classes rows: reserve them
     cls = layers[-2] if layers[-1].op == "softmax" else layers[-1]
     extra_rows = max_classes - model.n_classes

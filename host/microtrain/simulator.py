@@ -87,10 +87,14 @@ class Simulator:
 
     # ---- state ----
     def trainable_state(self):
-        """Bytes of everything training changes, in the board's checkpoint order."""
+        """Bytes of everything training changes, in the order of the board's checkpoint blobs
+        (weights of layers whose weights train, and the classifier's; trained biases)."""
         out = bytearray()
+        classifier = len(self.model.layers) - 2
         for t in self.plan.train:
             l = self.model.layers[t.layer]
-            out += np.asarray(l.w, np.int8).tobytes()
-            out += np.asarray(l.b, np.int32).tobytes()
+            if t.weights or t.layer == classifier:
+                out += np.asarray(l.w, np.int8).tobytes()
+            if t.bias:
+                out += np.asarray(l.b, "<i4").tobytes()
         return bytes(out), self.rng, self.steps

@@ -313,7 +313,7 @@ static void check_grad_bound(const int16_t *g, mp_int_t n, uint32_t f1, uint32_t
 }
 
 // Update arguments shared by conv_update and dwconv_update: args[0] = rows ... args[7] = rng.
-static void update_arg(const mp_obj_t *args, const mt_geom_t *g, int32_t *bias, mt_update_t *u) {
+static void update_arg(const mp_obj_t *args, const mt_geom_t *g, bool have_bias, mt_update_t *u) {
     mp_buffer_info_t bi;
     if (!mp_get_buffer(args[0], &bi, MP_BUFFER_READ)) {
         arg_error(&mp_type_TypeError, "rows", "expected a uint16 buffer");
@@ -332,7 +332,7 @@ static void update_arg(const mp_obj_t *args, const mt_geom_t *g, int32_t *bias, 
     u->w_shift = buf_arg(args[4], T_S32, g->out_c, weights ? 0 : F_OPT, "w_shift");
     u->b_mult = buf_arg(args[5], T_S32, g->out_c, F_OPT, "b_mult");
     u->b_shift = buf_arg(args[6], T_S32, g->out_c, u->b_mult ? 0 : F_OPT, "b_shift");
-    if (u->b_mult && !bias) {
+    if (u->b_mult && !have_bias) {
         arg_error(&mp_type_ValueError, "bias", "required when b_mult is given");
     }
     for (int32_t c = 0; c < g->out_c; c++) {
@@ -429,10 +429,11 @@ static mp_obj_t mtk_conv_update(size_t n_args, const mp_obj_t *args) {
     int32_t zx = int_arg(args[2], -128, 127, "zx");
     const int16_t *gy = buf_arg(args[3], T_S16, n_out(&g), 0, "gy");
     int32_t g_exp = int_arg(args[4], -64, 64, "g_exp");
-    int8_t *w = buf_arg(args[5], T_S8, g.out_c * taps(&g) * g.in_c, F_OUT, "w");
-    int32_t *bias = buf_arg(args[6], T_S32, g.out_c, F_OUT | F_OPT, "bias");
     mt_update_t u;
-    update_arg(args + 7, &g, bias, &u);
+    update_arg(args + 7, &g, args[6] != mp_const_none, &u);
+    // frozen weights (bias-only update) may stay in read-only memory
+    int8_t *w = buf_arg(args[5], T_S8, g.out_c * taps(&g) * g.in_c, u.cin_hi > u.cin_lo ? F_OUT : 0, "w");
+    int32_t *bias = buf_arg(args[6], T_S32, g.out_c, F_OUT | F_OPT, "bias");
     mp_int_t M = (mp_int_t)g.out_h * g.out_w;
     check_grad_bound(gy, n_out(&g), u.cin_hi > u.cin_lo ? 255 : 1, M, 1, "max|gy| * 255 * out_h * out_w must be < 2^31");
     void *scratch = buf_arg(args[15], T_RAW, mt_conv_scratch_update(&g, &u), F_OUT | F_ATLEAST, "scratch");
@@ -486,10 +487,11 @@ static mp_obj_t mtk_dwconv_update(size_t n_args, const mp_obj_t *args) {
     int32_t zx = int_arg(args[2], -128, 127, "zx");
     const int16_t *gy = buf_arg(args[3], T_S16, n_out(&g), 0, "gy");
     int32_t g_exp = int_arg(args[4], -64, 64, "g_exp");
-    int8_t *w = buf_arg(args[5], T_S8, taps(&g) * g.out_c, F_OUT, "w");
-    int32_t *bias = buf_arg(args[6], T_S32, g.out_c, F_OUT | F_OPT, "bias");
     mt_update_t u;
-    update_arg(args + 7, &g, bias, &u);
+    update_arg(args + 7, &g, args[6] != mp_const_none, &u);
+    // frozen weights (bias-only update) may stay in read-only memory
+    int8_t *w = buf_arg(args[5], T_S8, taps(&g) * g.out_c, u.cin_hi > u.cin_lo ? F_OUT : 0, "w");
+    int32_t *bias = buf_arg(args[6], T_S32, g.out_c, F_OUT | F_OPT, "bias");
     mp_int_t M = (mp_int_t)g.out_h * g.out_w;
     check_grad_bound(gy, n_out(&g), u.cin_hi > u.cin_lo ? 255 : 1, M, 1, "max|gy| * 255 * out_h * out_w must be < 2^31");
     int32_t *scratch = buf_arg(args[15], T_RAW, 4 * taps(&g), F_OUT | F_ATLEAST, "scratch");

@@ -1,0 +1,154 @@
+# A loaded model: layers with their integer parameters, and the int8 forward pass.
+#
+# Frozen weights stay in the bytes read from the model file (one buffer per section, viewed, not
+# copied); weights and biases that train are copied to RAM once.  The forward pass runs in
+# preallocated views of one arena: nothing per sample is allocated.
+
+import struct
+
+from . import backend
+from . import modelfile
+from ._compat import typed
+
+OP_CONV, OP_DWCONV, OP_MAXPOOL, OP_AVGPOOL, OP_SOFTMAX = range(5)
+
+
+class Layer:
+    def __init__(self, d):
+        self.op = modelfile.OPS.index(d["op"])
+        self.geom_t = d["geom"]
+        self.geom = typed("i", struct.pack("<13i", *d["geom"]))
+        self.in_size = d["geom"][0] * d["geom"][1] * d["geom"][2]
+        self.out_size = d["geom"][3] * d["geom"][4] * d["geom"][5]
+        self.out_c = d["geom"][5]
+        self.zx = d["zx"]
+        self.zy = d["zy"]
+        self.act_min = d["act_min"]
+        self.act_max = d["act_max"]
+        self.rounding = 1 if d["double_rounding"] else 0
+        self.softmax = d["softmax"]
+        self.w = d["w"]           # memoryview into WGHT (frozen) or bytearray (training)
+        self.b = d["b"]
+        self.mult = d["mult"]
+        self.shift = d["shift"]
+
+
+class Model:
+    """`microtrain.load(path)`: a model file's layers, ready for `predict`."""
+
+    def __init__(self, path):
+        with open(path, "rb") as f:
+            sections = modelfile.read_sections(f)
+        info, layers, labels = modelfile.parse_layers(sections)
+        self.n_layers, self.n_classes, h, w, c, self.in_zp, self.max_classes, _flags, self.in_scale = info
+        self.input_shape = (h, w, c)
+        self.in_size = h * w * c
+        self.layers = [Layer(d) for d in layers]
+        self.labels = labels
+        self.plan = modelfile.parse_plan(sections, layers)
+        self.path = path
+        self._check_chain()
+        self.kernels = backend.kernels
+        self._views = None
+
+    def _check_chain(self):
+        size = self.in_size
+        for i, l in enumerate(self.layers):
+            if l.in_size != size:
+                raise modelfile.ModelFileError("layer %d expects %d inputs, gets %d" % (i, l.in_size, size))
+            size = l.out_size
+        if self.layers[-1].op != OP_SOFTMAX:
+            raise modelfile.ModelFileError("the last layer must be a softmax classifier")
+
+    # ---- inference arena: input | ping0 | ping1 | scratch ----
+    def _inference_views(self):
+        if self._views is None:
+            ping = max(max(l.out_size for l in self.layers), self.max_classes)
+            scratch = 0
+            for l in self.layers:
+                if l.op == OP_CONV:
+                    scratch = max(scratch, self.kernels.conv_forward_scratch(l.geom))
+            a4 = lambda n: (n + 3) & ~3  # noqa: E731
+            arena = bytearray(a4(self.in_size) + 2 * a4(ping) + scratch)
+            mv = memoryview(arena)
+            o1 = a4(self.in_size)
+            o2 = o1 + a4(ping)
+            o3 = o2 + a4(ping)
+            bufs = {"input": mv[0:self.in_size], "ping0": mv[o1:o1 + ping], "ping1": mv[o2:o2 + ping],
+                    "scratch": mv[o3:o3 + scratch]}
+            self._arena = arena
+            self._views = self.forward_views(bufs, (), ())
+        return self._views
+
+    def forward_views(self, bufs, kept, masks):
+        """Per layer (input view, output view, mask view or None) in an arena's buffers: kept
+        outputs get their own buffer, the others alternate between ping0 and ping1."""
+        views = []
+        x = bufs["input"]
+        ping = 0
+        for i, l in enumerate(self.layers):
+            n = l.out_size
+            if i in kept:
+                y = bufs["act%d" % i][:n]
+            else:
+                y = bufs["ping%d" % ping][:n]
+                ping ^= 1
+            m = bufs["mask%d" % i][:(n + 7) >> 3] if i in masks else None
+            views.append([x, y, m])
+            x = y
+        self.scratch = bufs["scratch"]
+        self.input_view = bufs["input"]
+        return views
+
+    def run(self, views):
+        """The forward pass through prepared views; returns the probabilities' view."""
+        k = self.kernels
+        scratch = self.scratch
+        for l, v in zip(self.layers, views):
+            x, y, m = v
+            op = l.op
+            if op == OP_CONV:
+                k.conv_forward(l.geom, x, l.zx, l.w, l.b, l.mult, l.shift, l.zy, l.act_min, l.act_max,
+                               l.rounding, y, m, scratch)
+            elif op == OP_DWCONV:
+                k.dwconv_forward(l.geom, x, l.zx, l.w, l.b, l.mult, l.shift, l.zy, l.act_min, l.act_max,
+                                 l.rounding, y, m)
+            elif op == OP_MAXPOOL:
+                k.maxpool_forward(l.geom, x, y)
+            elif op == OP_AVGPOOL:
+                k.avgpool_forward(l.geom, x, l.act_min, l.act_max, y)
+            else:
+                sm = l.softmax
+                k.softmax_forward(x, 1, l.out_size, sm[0], sm[1], sm[2], y)
+        return views[-1][1]
+
+    def set_input(self, x, view):
+        if len(x) != self.in_size:
+            raise ValueError("x: expected %d int8 values (shape %s), got %d" % (self.in_size, self.input_shape, len(x)))
+        view[:] = x if isinstance(x, (bytes, bytearray, memoryview)) else bytes(v & 0xFF for v in x)
+
+    def predict(self, x):
+        """Class index of one int8 sample (bytes / bytearray / array('b') / list of ints)."""
+        views = self._inference_views()
+        self.set_input(x, views[0][0])
+        return argmax(self.run(views))
+
+    def probabilities(self, x):
+        views = self._inference_views()
+        self.set_input(x, views[0][0])
+        p = self.run(views)
+        return [(v ^ 0x80) / 256 for v in bytes(p)]      # int8 y -> (y + 128) / 256
+
+
+def argmax(probs):
+    """Index of the largest int8 value in a byte view (first on ties)."""
+    best, at = -129, 0
+    for i, v in enumerate(bytes(probs)):
+        v = v - 256 if v > 127 else v
+        if v > best:
+            best, at = v, i
+    return at
+
+
+def load(path):
+    return Model(path)
