@@ -19,6 +19,9 @@ NATMOD_ARCHS := x64 armv6m armv7m
 KERNEL_SRC := $(wildcard native_modules/mtkernels/kernels/*.c native_modules/mtkernels/kernels/*.S native_modules/mtkernels/kernels/*.h)
 MODULE_SRC := $(KERNEL_SRC) native_modules/mtkernels/mtkernels.c native_modules/mtkernels/Makefile
 HOSTPORT := $(BUILD)/hostport/micropython-host
+MPY_CROSS := $(MPY_DIR)/mpy-cross/build/mpy-cross
+BOARD_LIB_SRC := $(wildcard firmware/microtrain/*.py)
+BOARD_LIB := $(patsubst firmware/%.py,$(DIST)/lib/%.mpy,$(BOARD_LIB_SRC))
 HOST_KERNELS := $(BUILD)/host/libmtkernels_sanitized.so
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
@@ -26,7 +29,7 @@ export MICROTRAIN_MPY_DIR := $(MPY_DIR)
 export MICROTRAIN_DIST := $(DIST)
 export MICROTRAIN_BUILD := $(BUILD)
 
-.PHONY: all setup natmods xtensawin hostport host-kernels test test-fast bench demo clean distclean
+.PHONY: all setup natmods board-lib xtensawin hostport host-kernels test bench demo clean distclean
 
 all: natmods
 
@@ -56,7 +59,7 @@ $(MPY_DIR)/py/py.mk: | $(VENV)/.installed
 
 # ---- native modules: dist/<arch>_6.3/mtkernels.mpy + mip package.json ------------------------
 
-natmods: setup $(foreach a,$(NATMOD_ARCHS),$(DIST)/$(a)_6.3/mtkernels.mpy $(DIST)/$(a)_6.3/package.json) xtensawin
+natmods: setup $(foreach a,$(NATMOD_ARCHS),$(DIST)/$(a)_6.3/mtkernels.mpy $(DIST)/$(a)_6.3/package.json) xtensawin board-lib
 
 $(DIST)/%_6.3/mtkernels.mpy: $(MODULE_SRC) | $(MPY_DIR)/py/py.mk
 	$(MAKE) -s -C native_modules/mtkernels MPY_DIR=$(MPY_DIR) ARCH=$* BUILD=$(BUILD)/natmod/$* PYTHON=$(PY)
@@ -71,6 +74,20 @@ xtensawin:
 	else \
 	  echo "xtensawin (ESP32-S3): skipped, needs the ESP-IDF toolchain (xtensa-esp32-elf-gcc), not installed here"; \
 	fi
+
+# ---- the board library precompiled to bytecode: dist/lib/microtrain/*.mpy (any arch) ----------
+
+board-lib: $(BOARD_LIB) $(DIST)/lib/microtrain/package.json
+
+$(MPY_CROSS): | $(MPY_DIR)/py/py.mk
+	$(MAKE) -s -C $(MPY_DIR)/mpy-cross PYTHON=$(PY) >/dev/null
+
+$(DIST)/lib/microtrain/%.mpy: firmware/microtrain/%.py $(MPY_CROSS)
+	@mkdir -p $(@D)
+	$(MPY_CROSS) -s microtrain/$*.py -o $@ $<
+
+$(DIST)/lib/microtrain/package.json: $(BOARD_LIB) tools/mip_package.py
+	$(PY) tools/mip_package.py $(@D) > $@
 
 # ---- the MicroPython host runner with the kernels built in as a user C module ---------------
 

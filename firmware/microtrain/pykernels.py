@@ -15,9 +15,14 @@ Integer semantics follow mt_kernels.h: Python ints are unbounded, so the places 
 wraps around (the left shift of the double-rounding requantization, acc + bias, r + zy, the
 softmax's diff << beta_left_shift) wrap explicitly, and saturating steps saturate.
 
-Limitations against the binding: buffer alignment is not checked (the Python code has no
-alignment needs); under MicroPython a memoryview of a 16/32-bit array cannot tell its signedness,
-so it is accepted for either; `str` is not taken as a raw buffer.
+On MicroPython the hot functions are recompiled as native code at import when the port allows
+it (see use_native() at the end).  Compiling this file from source takes about 200 KB of heap at
+import (the module then holds about 32 KB): on a small board, precompile it with mpy-cross.
+
+Differences from the binding: buffer alignment is not checked (nothing here needs it); a
+MicroPython memoryview of a 16/32-bit array cannot tell its signedness, so it passes for either;
+`str` is not taken as a raw buffer; raw bytes are read in the machine's byte order (little-endian
+on every MicroPython target).
 """
 
 import array
@@ -34,7 +39,6 @@ _I32MAX = 0x7FFFFFFF
 _M32 = 0xFFFFFFFF
 _B31 = 0x80000000
 _B32 = 0x100000000
-_SGD_LIM = 0x7FFFFFFF - 0xFFFF
 _MAX_DIM = 4096
 _MAX_ELEMS = 1 << 24
 
@@ -480,7 +484,7 @@ def _sgd_b(bias, c, G, mult, shift, state):
     return state
 
 
-def _update_args(g, bias, rows, cin_lo, cin_hi, w_mult, w_shift, b_mult, b_shift, rng):
+def _update_args(g, have_bias, rows, cin_lo, cin_hi, w_mult, w_shift, b_mult, b_shift, rng):
     """The binding's update_arg; returns (rows, lo, hi, w_mult, w_shift, b_mult, b_shift, rng, back)."""
     nb = _nbytes(rows, 'rows', 'uint16')
     rows = _rd(rows, 'H', nb >> 1, 'rows')
@@ -497,7 +501,7 @@ def _update_args(g, bias, rows, cin_lo, cin_hi, w_mult, w_shift, b_mult, b_shift
     ws = _rd(w_shift, 'i', out_c, 'w_shift', not weights)
     bm = _rd(b_mult, 'i', out_c, 'b_mult', True)
     bs = _rd(b_shift, 'i', out_c, 'b_shift', bm is None)
-    if bm is not None and bias is None:
+    if bm is not None and not have_bias:
         raise ValueError('bias: required when b_mult is given')
     for c in range(out_c):
         if (ws is not None and (ws[c] < -64 or ws[c] > 64)) or (bs is not None and (bs[c] < -64 or bs[c] > 64)):
@@ -715,11 +719,14 @@ def conv_update(geom, x, zx, gy, g_exp, w, bias, rows, cin_lo, cin_hi, w_mult, w
     zx = _int(zx, -128, 127, 'zx')
     gy = _rd(gy, 'h', M * N, 'gy')
     g_exp = _int(g_exp, -64, 64, 'g_exp')
-    w, wb = _wr(w, 'b', N * taps * C, 'w')
-    bias, bb = _wr(bias, 'i', N, 'bias', True)
-    rows, lo, hi, wm, ws, bm, bs, st, sb = _update_args(g, bias, rows, cin_lo, cin_hi, w_mult, w_shift,
-                                                        b_mult, b_shift, rng)
+    rows, lo, hi, wm, ws, bm, bs, st, sb = _update_args(g, bias is not None, rows, cin_lo, cin_hi, w_mult,
+                                                        w_shift, b_mult, b_shift, rng)
     weights = hi > lo
+    if weights:
+        w, wb = _wr(w, 'b', N * taps * C, 'w')
+    else:                                    # frozen weights may stay in read-only memory
+        w, wb = _rd(w, 'b', N * taps * C, 'w'), None
+    bias, bb = _wr(bias, 'i', N, 'bias', True)
     _grad_bound(gy, M * N, 255 * M if weights else M, 'max|gy| * 255 * out_h * out_w must be < 2^31')
     _raw(scratch, _scratch_update(g, lo, hi), 'scratch', True)
 
@@ -891,11 +898,14 @@ def dwconv_update(geom, x, zx, gy, g_exp, w, bias, rows, cin_lo, cin_hi, w_mult,
     zx = _int(zx, -128, 127, 'zx')
     gy = _rd(gy, 'h', M * N, 'gy')
     g_exp = _int(g_exp, -64, 64, 'g_exp')
-    w, wb = _wr(w, 'b', taps * N, 'w')
-    bias, bb = _wr(bias, 'i', N, 'bias', True)
-    rows, lo, hi, wm, ws, bm, bs, st, sb = _update_args(g, bias, rows, cin_lo, cin_hi, w_mult, w_shift,
-                                                        b_mult, b_shift, rng)
+    rows, lo, hi, wm, ws, bm, bs, st, sb = _update_args(g, bias is not None, rows, cin_lo, cin_hi, w_mult,
+                                                        w_shift, b_mult, b_shift, rng)
     weights = hi > lo
+    if weights:
+        w, wb = _wr(w, 'b', taps * N, 'w')
+    else:                                    # frozen weights may stay in read-only memory
+        w, wb = _rd(w, 'b', taps * N, 'w'), None
+    bias, bb = _wr(bias, 'i', N, 'bias', True)
     _grad_bound(gy, M * N, 255 * M if weights else M, 'max|gy| * 255 * out_h * out_w must be < 2^31')
     _raw(scratch, 4 * taps, 'scratch', True)
 
@@ -1364,6 +1374,8 @@ NATIVE = False          # True while the hot functions run as MicroPython native
 
 
 def _compile_native():
+    if not __file__.endswith('.py'):
+        return None
     d = {}
     exec('@micropython.native\ndef f(a):\n    return a + 1\n', d)
     if d['f'](1) != 2:
@@ -1421,7 +1433,9 @@ def _init_native():
         if crc32(b'123456789') != 0xCBF43926 or bytes(y) != b'\x04\xfc\xfc':
             use_native(False)
             _NATIVE = None
-    except Exception:
+    except Exception:                        # no native emitter, no exec, no source, no memory
+        if _PLAIN is not None:
+            use_native(False)
         _PLAIN = _NATIVE = None
 
 

@@ -16,11 +16,12 @@ FLAG_CORRECT = 1
 
 
 class Telemetry:
-    """A ring of the last `capacity` records (preallocated), plus running aggregates."""
+    """A ring of the last records in a preallocated buffer (the trainer's arena), plus running
+    aggregates."""
 
-    def __init__(self, capacity=64, sink=None):
-        self.capacity = capacity
-        self.buf = bytearray(capacity * RECORD_SIZE)
+    def __init__(self, buf=None, sink=None):
+        self.buf = buf if buf is not None else bytearray(32 * RECORD_SIZE)
+        self.capacity = len(self.buf) // RECORD_SIZE
         self.head = 0          # records written in total
         self.sink = sink       # optional callable(record_bytes), e.g. the serial link
         self.correct = 0

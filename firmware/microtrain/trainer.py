@@ -36,8 +36,7 @@ class Trainer:
     export(path, delta=False)       the trained tensors (or their change) for the host to pull
     """
 
-    def __init__(self, model, checkpoint_path="microtrain.ckpt", val_capacity=16, replay_per_class=2,
-                 diverge_factor=2, val_margin=0.1, telemetry=None):
+    def __init__(self, model, checkpoint_path="microtrain.ckpt", val_margin=0.1, telemetry=None):
         plan = model.plan
         if plan is None:
             raise TrainingError("this model file has no training plan: convert it with a policy")
@@ -75,22 +74,19 @@ class Trainer:
         self.last_seq = -1
         self.lr_shift = 0
         self.ckpt_path = checkpoint_path
-        self.diverge_factor = int(diverge_factor)
         self.val_margin = int(val_margin * 1000)    # per mille, so decisions compare integers
         self.since_ckpt = 0
         self.loss_avg = None
         self.best_avg = None
         self.best_val = None
         self.n_params = self._count_params()
-        self.telemetry = telemetry or Telemetry()
-        # validation samples and a small replay memory per class (for class addition)
-        self.val_capacity = val_capacity
-        self.val_x = bytearray(val_capacity * model.in_size)
-        self.val_y = bytearray(val_capacity)
+        self.telemetry = telemetry or Telemetry(bufs["telem"])
+        # validation samples and a small replay memory per class (for class addition), in the arena
+        self.val_x, self.val_y = bufs["val_x"], bufs["val_y"]
+        self.val_capacity = len(self.val_y)
         self.val_n = 0
-        self.replay_per_class = replay_per_class
-        self.replay_x = bytearray(model.max_classes * replay_per_class * model.in_size)
-        self.replay_n = bytearray(model.max_classes)
+        self.replay_x, self.replay_n = bufs["replay"], bufs["replay_n"]
+        self.replay_per_class = len(self.replay_x) // (model.max_classes * model.in_size)
         collect()
 
     # ---- views of the backward pass ----
@@ -196,15 +192,16 @@ class Trainer:
         return loss
 
     def _watch(self, err):
-        """Divergence: the running error (integer: 256 - p_label in 1/256, averaged over ~8 steps)
-        far above its best since the last checkpoint rolls back and halves the learning rate.
-        Only integers decide, so the board and the simulator roll back at the same step."""
+        """Divergence: the running error a (8 x the mean of 256 - p_label over ~8 steps, an
+        integer in [0, 2048]) climbing more than half-way from its best since the last checkpoint
+        to the worst possible value rolls back and halves the learning rate.  Only integers
+        decide, so the board and the simulator roll back at the same step."""
         a = (err << 3) if self.loss_avg is None else self.loss_avg - (self.loss_avg >> 3) + err
         self.loss_avg = a
         self.since_ckpt += 1
         if self.best_avg is None or a < self.best_avg:
             self.best_avg = a
-        elif self.since_ckpt > 8 and a > self.diverge_factor * self.best_avg + 512 and exists(self.ckpt_path):
+        elif self.since_ckpt > 8 and a > self.best_avg + ((2048 - self.best_avg) >> 1) and exists(self.ckpt_path):
             self.rollback(reason="loss diverged")
             self.lr_shift -= 1
 
@@ -243,9 +240,8 @@ class Trainer:
         right = total = 0
         if samples is None:
             n = self.model.in_size
-            mv = memoryview(self.val_x)
             for i in range(min(self.val_n, self.val_capacity)):
-                right += self.predict(mv[i * n:(i + 1) * n]) == self.val_y[i]
+                right += self.predict(self.val_x[i * n:(i + 1) * n]) == self.val_y[i]
                 total += 1
         else:
             for x, y in samples:
@@ -453,7 +449,7 @@ class Trainer:
                     have = min(self.replay_n[cls], r)
                     if have:
                         slot = (cls * r + (j % have)) * size
-                        self.step(memoryview(self.replay_x)[slot:slot + size], cls)
+                        self.step(self.replay_x[slot:slot + size], cls)
         return n
 
     # ---- export ----

@@ -24,7 +24,9 @@ from .graph import PARAMETRIC
 from .quant import quantize_multipliers
 
 ALIGN = 4
-SPARE_CLASSES = 4            # rows reserved for classes added on the board
+SPARE_CLASSES = 2            # rows reserved for classes added on the board
+TELEMETRY_RECORDS = 32       # the telemetry ring (24-byte records) lives in the arena too
+TELEMETRY_RECORD = 24
 
 
 @dataclass
@@ -108,12 +110,24 @@ class Plan:
         lines.append(f"backward reaches layer {self.first_backward}; kept activations {self.kept}, masks {self.masks}")
         lines.append(f"RAM: training arena {self.arena_size} B, inference arena {self.inference_arena} B, "
                      f"trainable weights {self.weight_bytes_ram} B; frozen weights {self.frozen_bytes} B stay in flash")
-        lines.append(f"peak training RAM (arena + trainable weights): {self.peak_bytes} B")
+        lines.append(f"peak training RAM (arena + trainable weights + ~{self.bookkeeping_bytes} B of objects): "
+                     f"{self.peak_bytes} B")
         return "\n".join(lines)
+
+    word_bytes: int = 4        # object word of the board's MicroPython (4; 8 on the 64-bit unix port)
+
+    @property
+    def bookkeeping_bytes(self):
+        """The trainer's Python objects (views into the arena, per-layer lists): a model of
+        ~264 + 3 per arena buffer + 37 per backward layer object words, measured on the unix
+        port (tests/test_trainer.py checks the whole estimate against the heap)."""
+        return self.word_bytes * (264 + 3 * len(self.buffers) + 37 * max(self.n_backward, 1))
+
+    n_backward: int = 0
 
     @property
     def peak_bytes(self):
-        return self.arena_size + self.weight_bytes_ram
+        return self.arena_size + self.weight_bytes_ram + self.bookkeeping_bytes
 
 
 class PlanError(ValueError):
@@ -159,7 +173,8 @@ def resolve_policy(model, policy):
     raise PlanError(f"unknown policy {policy!r}: bias-only, last-K, sparse, full or a per-layer dict")
 
 
-def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=None, seed=0x2545F491):
+def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=None, seed=0x2545F491,
+         val_capacity=8, replay_per_class=2, word_bytes=4):
     """Build the training plan; raises PlanError if it needs more than `budget` bytes of RAM."""
     spec = resolve_policy(model, policy)
     layers = model.layers
@@ -221,13 +236,15 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
         if l.op == "maxpool" and i > 0:
             kept.add(i - 1)                  # argmax is recomputed from the input
         prev = layers[i - 1]
-        if prev.op in PARAMETRIC:
+        if prev.op in PARAMETRIC and l.op != "softmax":
             masks.add(i - 1)                 # the gradient into layer i's input passes prev's clamp
+        # (the logits' int8 saturation is a quantization artifact, not part of the function: the
+        # softmax gradient passes it, or a saturated logit could never come down again)
     if 0 in [t.layer for t in train if t.weights]:
         pass                                 # layer 0 reads the sample itself: kept as the input
     kept, masks = sorted(kept), sorted(masks)
 
-    buffers, arena = _layout(model, first, kept, masks, grads, train, max_classes)
+    buffers, arena = _layout(model, first, kept, masks, grads, train, max_classes, val_capacity, replay_per_class)
     inference = _inference_arena(model)
     # RAM: the weights of layers whose weights train and every trained bias; frozen weights (also
     # those of bias-only layers) stay in the model file / flash
@@ -255,6 +272,8 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
         ram_w += extra_rows * (cls.geom.taps * cls.geom.in_c + 4)
     p = Plan(str(policy) if not isinstance(policy, dict) else "custom", lr, qas, train, grads, first, kept, masks,
              buffers, arena, inference, ram_w, frozen, max_classes, seed)
+    p.word_bytes = word_bytes
+    p.n_backward = len(layers) - 1 - first
     if cls.op == "conv" and cls.s_w is not None:
         from .quant import quantize_multiplier
         p.class_add = quantize_multiplier(float(cls.s_x / np.max(cls.s_w)))
@@ -269,7 +288,7 @@ def _suggest(model, p, budget, lr, qas):
         if alt == p.policy:
             continue
         try:
-            q = plan(model, alt, lr, qas, None, p.max_classes)
+            q = plan(model, alt, lr, qas, None, p.max_classes, word_bytes=p.word_bytes)
         except PlanError:
             continue
         if q.peak_bytes <= budget:
@@ -277,9 +296,10 @@ def _suggest(model, p, budget, lr, qas):
     return f"{msg}; no built-in policy fits: use a smaller model or a board with more RAM"
 
 
-def _layout(model, first, kept, masks, grads, train, max_classes):
+def _layout(model, first, kept, masks, grads, train, max_classes, val_capacity, replay_per_class):
     """One arena for training: forward activations (kept ones have their own slot, the others
-    ping-pong), clamp masks, gradient buffers and the kernels' scratch."""
+    ping-pong), clamp masks, gradient buffers, the kernels' scratch, and the samples the board
+    keeps: validation samples and a small replay memory per class (for class addition)."""
     layers = model.layers
     bufs = {}
     off = 0
@@ -326,6 +346,12 @@ def _layout(model, first, kept, masks, grads, train, max_classes):
         elif l.op == "dwconv":
             scratch = max(scratch, 4 * l.geom.taps)
     add("scratch", scratch)
+    n_in = int(np.prod(model.input_shape))
+    add("val_x", val_capacity * n_in)
+    add("val_y", val_capacity)
+    add("replay", max_classes * replay_per_class * n_in)
+    add("replay_n", max_classes)
+    add("telem", TELEMETRY_RECORDS * TELEMETRY_RECORD)
     return bufs, off
 
 

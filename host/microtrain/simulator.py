@@ -53,7 +53,7 @@ class Simulator:
             raise ValueError("training needs a softmax classifier as the last layer")
         g = ref.softmax_grad(probs, label)
         e = LOGIT_GRAD_EXP
-        if masks.get(last - 1) is not None:
+        if last - 1 in self.plan.masks:
             g = ref.grad_mask(g, masks[last - 1])
         for i in range(last - 1, self.plan.first_backward - 1, -1):
             l = layers[i]
@@ -70,7 +70,7 @@ class Simulator:
                     acc, adj = ref.maxpool_input_grad(l.geom, x, g), 0
                 else:
                     acc, adj = ref.avgpool_input_grad(l.geom, g), -ref.AVGPOOL_GRAD_BITS
-                gx, r = ref.grad_narrow(acc, masks.get(i - 1))
+                gx, r = ref.grad_narrow(acc, masks.get(i - 1) if i - 1 in self.plan.masks else None)
                 ex = e + adj + r
             t = self.train.get(i)
             if t is not None:
