@@ -8,11 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from microtrain import datasets, modelfile, planner, simulator, zoo
+from microtrain import datasets, modelfile, planner, simulator, unixport, zoo
 from microtrain.board import modelfile as fmt
-from tests.conftest import DIST, ROOT, micropython_unix, require, run_micropython
-
-FIRMWARE = os.path.join(ROOT, "firmware")
 
 
 @pytest.fixture(scope="module")
@@ -21,19 +18,8 @@ def imu():
     return net, model, train, test
 
 
-def board_path(backend="native"):
-    path = [require(os.path.join(DIST, "lib"), "run `make natmods` (the board library as .mpy)")]
-    if backend == "native":
-        path.insert(0, require(os.path.join(DIST, "x64_6.3"), "run `make natmods`"))
-    return path
-
-
 def run_board(tmp_path, script, backend="native", heap="1M", timeout=600):
-    p = tmp_path / "board_script.py"
-    p.write_text(script)
-    r = run_micropython(micropython_unix(), str(p), board_path(backend), heap=heap, timeout=timeout)
-    assert r.returncode == 0, f"board script failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r.stdout
+    return unixport.run(script, backend=backend, heap=heap, timeout=timeout)
 
 
 def write_samples(tmp_path, xq, labels):
@@ -143,44 +129,20 @@ def test_planner_refuses_what_does_not_fit_and_says_what_would(imu):
 # board == simulator
 
 
-BIT_IDENTICAL_SCRIPT = """
-import struct, microtrain
-microtrain.backend.use('{backend}')
-D = '{dir}'
-m = microtrain.load(D + '/m.mtm')
-t = microtrain.Trainer(m, checkpoint_path=D + '/ck')
-data = open(D + '/samples.bin', 'rb').read()
-labels = open(D + '/labels.bin', 'rb').read()
-size = m.in_size
-for i in range({steps}):
-    t.step(data[i * size:(i + 1) * size], labels[i])
-out = open(D + '/board_state.bin', 'wb')
-for tag, buf in t._state_blobs():
-    out.write(buf)
-out.write(struct.pack('<II', t.rng[0], t.steps))
-out.close()
-print('backend', microtrain.backend.NAME)
-"""
-
-
 @pytest.mark.parametrize("backend,policy,steps", [("native", "sparse", 50), ("native", "full", 50),
                                                   ("native", "bias-only", 50), ("python", "sparse", 50)])
-def test_board_and_simulator_hold_identical_bytes(imu, tmp_path, backend, policy, steps):
+def test_board_and_simulator_hold_identical_bytes(imu, backend, policy, steps):
     _, model, (Xtr, ytr), _ = imu
     p = planner.plan(model, policy, lr=0.05)
-    modelfile.save(tmp_path / "m.mtm", model, p)
     Xs, _ = datasets.shift_imu(Xtr, seed=5)             # a new device: the model has to learn
     xq = model.quantize_input(Xs)
-    labels = ytr.astype(np.uint8)
-    idx = np.arange(steps) % len(labels)
-    write_samples(tmp_path, xq[idx], labels[idx])
+    idx = np.arange(steps) % len(ytr)
+    labels = ytr[idx].astype(np.uint8)
     sim = simulator.Simulator(model, p)
-    for i in idx:
-        sim.step(xq[i], int(labels[i]))
+    for x, y in zip(xq[idx], labels):
+        sim.step(x, int(y))
     state, rng, n = sim.trainable_state()
-    out = run_board(tmp_path, BIT_IDENTICAL_SCRIPT.format(backend=backend, dir=tmp_path, steps=steps))
-    assert f"backend {backend}" in out
-    board = (tmp_path / "board_state.bin").read_bytes()
+    board = unixport.trained_state(model, p, xq[idx], labels, backend)
     assert board[-8:] == struct.pack("<II", rng, n), "PRNG state or step counter differ"
     assert board[:-8] == state, "trainable weights differ"
     assert state != sim_initial_state(model, p), "training changed nothing"
@@ -194,49 +156,16 @@ def sim_initial_state(model, p):
 # memory
 
 
-MEMORY_SCRIPT = """
-import gc, micropython, microtrain
-D = '{dir}'
-size = {size}
-x = bytearray(size)
-f = open(D + '/samples.bin', 'rb')
-labels = open(D + '/labels.bin', 'rb').read()
-m = microtrain.load(D + '/m.mtm')
-m.predict(x)                                   # the inference arena is part of the loaded model
-gc.collect()
-base = gc.mem_alloc()
-t = microtrain.Trainer(m, checkpoint_path=D + '/ck')
-live = 0
-peak = 0
-for i in range({steps}):
-    f.seek(i * size)
-    f.readinto(x)
-    t.step(x, labels[i])
-    peak = max(peak, gc.mem_alloc() - base)     # including this step's garbage
-    gc.collect()
-    live = max(live, gc.mem_alloc() - base)
-a = gc.mem_alloc()
-for i in range(5):
-    f.seek(i * size)
-    f.readinto(x)
-    t.step(x, labels[i])
-print('RESULT', live, peak, (gc.mem_alloc() - a) // 5, gc.mem_free())
-"""
-
-
 @pytest.mark.parametrize("policy", ["sparse", "full", "bias-only"])
-def test_training_fits_a_160k_heap_and_matches_the_plan(imu, tmp_path, policy):
+def test_training_fits_a_160k_heap_and_matches_the_plan(imu, policy):
     _, model, (Xtr, ytr), _ = imu
     p = planner.plan(model, policy, word_bytes=8)          # the unix port has 64-bit objects
-    modelfile.save(tmp_path / "m.mtm", model, p)
-    write_samples(tmp_path, model.quantize_input(Xtr[:20]), ytr[:20])
-    out = run_board(tmp_path, MEMORY_SCRIPT.format(dir=tmp_path, size=model.layers[0].in_size, steps=20), heap="160K")
-    live, peak, per_step, free = (int(v) for v in out.split("RESULT")[1].split())
+    m = unixport.training_memory(model, p, model.quantize_input(Xtr), ytr, heap="160K")
     planned = p.peak_bytes
-    print(f"{policy}: planned {planned} B, measured rise {live} B live / {peak} B with garbage, "
-          f"{per_step} B allocated per step, {free} B free")
-    assert abs(live - planned) <= 0.10 * planned, (live, planned)
-    assert per_step < 0.05 * planned           # no per-step buffers: only small scalar garbage
+    print(f"{policy}: planned {planned} B, measured rise {m['live']} B live / {m['peak']} B with garbage, "
+          f"{m['per_step']} B allocated per step, {m['free']} B free")
+    assert abs(m["live"] - planned) <= 0.10 * planned, (m, planned)
+    assert m["per_step"] < 0.05 * planned          # no per-step buffers: only small scalar garbage
 
 
 # ---------------------------------------------------------------------------------------------

@@ -151,12 +151,20 @@ def run_seed(sc, policy, seed):
                   {"fp32": lr_f, "int8": lr_n, "int8_qas": lr_q}), len(yt)
 
 
+SCENARIOS = {"digits": digits_scenario, "basic_motions": imu_scenario}
+
+
+def _run_named(name, policy, seed):
+    return run_seed(SCENARIOS[name](), policy, seed)
+
+
 def run(sc, policy, seeds=range(5), workers=2):
     """Results per seed (in parallel processes) and their means."""
+    seeds = list(seeds)
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(workers) as ex:
-            out = list(ex.map(run_seed, [sc] * len(seeds), [policy] * len(seeds), list(seeds)))
+            out = list(ex.map(_run_named, [sc.name] * len(seeds), [policy] * len(seeds), seeds))
     else:
         out = [run_seed(sc, policy, s) for s in seeds]
     results = [r for r, _ in out]
