@@ -288,6 +288,7 @@ class Trainer:
             if gs is not None:
                 out.append((b"CLGM", gs[0]))
                 out.append((b"CLGS", gs[1]))
+            out.append((b"LABL", "\n".join(self.model.labels).encode()))
         return out
 
     def checkpoint(self):
@@ -344,6 +345,8 @@ class Trainer:
             pos += 8 + n
         if n_classes != self.model.n_classes:
             self._resize_classifier(n_classes, blobs)
+            if b"LABL" in blobs:
+                self.model.labels = bytes(blobs[b"LABL"]).decode().split("\n")
         for i in sorted(self.train):
             l = self.model.layers[i]
             if isinstance(l.w, bytearray):
@@ -436,8 +439,9 @@ class Trainer:
         self._resize_classifier(n + 1, blobs)
         if t[1] == t[2]:        # classifier weights were frozen: the new row must still train
             pass
-        if name is not None:
-            model.labels.append(name)
+        while len(model.labels) < n:
+            model.labels.append("class%d" % len(model.labels))
+        model.labels.append(name if name is not None else "class%d" % n)
         self.telemetry.event("class", self.steps, name or str(n))
         # fine-tune: the new samples interleaved with replayed samples of the other classes
         r = self.replay_per_class

@@ -143,6 +143,40 @@ def from_bytes(data):
     return model, fmt.parse_plan(sections, layers)
 
 
+def replace_tensors(original, trained):
+    """The original model file with the trained weights and biases written in.  If classes were
+    added (shapes changed), an inference-only file of the trained model instead (the plan's
+    offsets no longer hold; convert again to train further)."""
+    import io
+    sections = fmt.read_sections(io.BytesIO(original))
+    info, layers, _ = fmt.parse_layers(sections)
+    if trained.n_classes != info[1]:
+        return to_bytes(trained)
+    wght, bias = bytearray(sections["WGHT"]), bytearray(sections["BIAS"])
+    lsize = struct.calcsize(fmt.LAYER_FMT)
+    for i, l in enumerate(trained.layers):
+        if l.w is None:
+            continue
+        v = struct.unpack_from(fmt.LAYER_FMT, sections["LAYR"], i * lsize)
+        w_off, w_len, b_off = v[23], v[24], v[25]
+        wght[w_off:w_off + w_len] = np.asarray(l.w, np.int8).tobytes()
+        if l.b is not None:
+            b = np.asarray(l.b, "<i4").tobytes()
+            bias[b_off:b_off + len(b)] = b
+    out = []
+    for tag in _order(original):
+        data = bytes(wght) if tag == "WGHT" else bytes(bias) if tag == "BIAS" else bytes(sections[tag])
+        out.append((tag, data))
+    return _assemble(out)
+
+
+def _order(data):
+    """Section tags in the order of the file's table."""
+    n = struct.unpack_from("<4sHHI", data, 0)[2]
+    size = struct.calcsize(fmt.SECTION_FMT)
+    return [struct.unpack_from(fmt.SECTION_FMT, data, 12 + i * size)[0].decode() for i in range(n)]
+
+
 def load(path):
     with open(path, "rb") as f:
         return from_bytes(f.read())

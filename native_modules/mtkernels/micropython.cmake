@@ -20,6 +20,12 @@ target_sources(usermod_mtkernels INTERFACE
 
 target_include_directories(usermod_mtkernels INTERFACE ${CMAKE_CURRENT_LIST_DIR})
 
+# RP2040 (Cortex-M0+): the hand-written ARMv6-M dot products replace kernels/mt_dot.c
+if(DEFINED PICO_PLATFORM AND PICO_PLATFORM STREQUAL "rp2040")
+    target_sources(usermod_mtkernels INTERFACE ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_dot_armv6m.S)
+    target_compile_definitions(usermod_mtkernels INTERFACE MT_DOT_ASM)
+endif()
+
 # The kernels are hot loops: -O2 even in -Os firmware builds.
 set_source_files_properties(${MTKERNELS_KERNELS} PROPERTIES COMPILE_OPTIONS "-O2;-fno-tree-loop-distribute-patterns")
 

@@ -1,0 +1,469 @@
+"""`microtrain`: convert a model for a board, push it, stream labelled samples, watch training,
+pull the result.  Every command's --help is its first documentation.
+
+Heavy modules (numpy, onnx, the TFLite parser) are imported inside the commands that need them,
+so `microtrain --help` starts fast.
+"""
+
+import json
+import os
+import sys
+import time
+
+import click
+
+
+def _dist():
+    from .unixport import dist_dir
+    return dist_dir()
+
+
+def _fail(msg):
+    raise click.ClickException(msg)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="microtrain")
+def main():
+    """On-device int8 training for MicroPython boards (RP2040, ESP32-S3) and a virtual board.
+
+    \b
+    Typical session:
+      microtrain convert model.tflite --board rpi_pico -o model.mtm
+      microtrain push model.mtm --port /dev/ttyACM0
+      microtrain train samples.csv --port /dev/ttyACM0
+      microtrain telemetry --port /dev/ttyACM0 --png training.png
+      microtrain pull --port /dev/ttyACM0 -o trained.mtm
+    Without a board: `microtrain demo` (or `microtrain virtual-board` for a port to use).
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--probe", is_flag=True, help="Also ask each plugged-in board for its MicroPython version and arch.")
+def boards(probe):
+    """Known boards and their budgets, and the boards plugged in now."""
+    from . import boards as B
+    click.echo(f"{'board':10} {'arch':10} {'SRAM':>8} {'heap':>8} {'flash':>9} {'clock':>8}  description")
+    for b in B.load_all().values():
+        clock = f"{b.clock_hz // 1000000} MHz" if b.clock_hz else "-"
+        click.echo(f"{b.name:10} {b.arch:10} {b.sram_bytes // 1024:>6} K {b.heap_bytes // 1024:>6} K "
+                   f"{b.flash_bytes // 1024:>7} K {clock:>8}  {b.description}")
+    found = B.plugged()
+    click.echo("")
+    if not found:
+        click.echo("plugged in: no USB serial device found (plug a board in, or run `microtrain virtual-board`)")
+        return
+    click.echo("plugged in:")
+    for dev, vp, name, desc in found:
+        line = f"  {dev:16} {vp}  {name or 'unknown board':10} {desc}"
+        if probe:
+            from .board_io import BoardError, Session
+            try:
+                with Session(dev) as s:
+                    i = s.info()
+                line += f"  MicroPython {i['version']} arch {i['arch']}"
+            except BoardError as e:
+                line += f"  ({e})"
+        click.echo(line)
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--board", "board_name", default="rpi_pico", show_default=True, help="Board whose memory budget the plan must fit.")
+@click.option("--policy", default="sparse", show_default=True,
+              help="What trains: sparse, bias-only, last-K, full, or a JSON dict {layer: {bias, weights}}.")
+@click.option("--lr", default=0.05, show_default=True, help="Learning rate of the QAS-scaled SGD step.")
+@click.option("--no-qas", is_flag=True, help="Plain int8 SGD on the integer weights (for comparison).")
+@click.option("--calibration", type=click.Path(exists=True), help="ONNX: .npz with calibration samples `x` (NCHW or NHWC floats).")
+@click.option("--labels", help="Comma-separated class names.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Model file to write (default: MODEL with .mtm).")
+def convert(model, board_name, policy, lr, no_qas, calibration, labels, output):
+    """Convert an int8 TFLite or a float ONNX model to a microtrain model file for a board.
+
+    Prints the training plan and its memory, and refuses (with a suggestion) a plan that does not
+    fit the board's heap.
+    """
+    from . import boards as B
+    from . import modelfile, planner
+    board = B.get(board_name)
+    labels = [s.strip() for s in labels.split(",")] if labels else []
+    ext = os.path.splitext(model)[1].lower()
+    try:
+        if ext == ".tflite":
+            from .convert_tflite import load_tflite
+            q = load_tflite(model, labels)
+        elif ext == ".onnx":
+            if not calibration:
+                _fail("an ONNX float model needs --calibration samples.npz (array `x`) to choose activation scales")
+            import numpy as np
+            from .convert_onnx import onnx_to_qmodel
+            x = np.load(calibration)["x"]
+            q = onnx_to_qmodel(model, x, labels)
+        else:
+            _fail(f"{model}: expected a .tflite (int8) or .onnx (float) model")
+    except (ValueError, OSError) as e:
+        _fail(f"{model}: {e}")
+    pol = json.loads(policy) if policy.strip().startswith("{") else policy
+    try:
+        p = planner.plan(q, pol, lr=lr, qas=not no_qas, budget=board.heap_bytes, word_bytes=board.object_word_bytes)
+    except planner.PlanError as e:
+        _fail(f"the plan does not fit {board.name}: {e}")
+    output = output or os.path.splitext(model)[0] + ".mtm"
+    n = modelfile.save(output, q, p)
+    click.echo(f"{q.name}: {len(q.layers)} layers, {q.macs} MACs per inference, input {q.input_shape}")
+    click.echo(p.summary(q))
+    click.echo(f"fits {board.name}: {p.peak_bytes} of {board.heap_bytes} B heap")
+    click.echo(f"wrote {output} ({n} bytes)")
+
+
+# ---------------------------------------------------------------------------------------------
+def _port_option(f):
+    return click.option("--port", "-p", envvar="MICROTRAIN_PORT", help="Serial port of the board (or env MICROTRAIN_PORT).")(f)
+
+
+def _need_port(port):
+    if port:
+        return port
+    from . import boards as B
+    found = [d for d, _, name, _ in B.plugged() if name]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        _fail("no board found: plug one in and pass --port, or start `microtrain virtual-board`")
+    _fail(f"several boards plugged in ({', '.join(found)}): pass --port")
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False), required=False)
+@_port_option
+@click.option("--name", default="model.mtm", show_default=True, help="File name of the model on the board.")
+@click.option("--force", is_flag=True, help="Rewrite files even if the board has identical copies.")
+def push(model, port, name, force):
+    """Install the board library and the native module for the board's arch, and copy MODEL.
+
+    Uses mpremote's Python transport over the raw REPL; verifies every file by SHA-256 and skips
+    files the board already has.
+    """
+    from .board_io import BoardError, Session, install
+    port = _need_port(port)
+    data = open(model, "rb").read() if model else None
+    t0 = time.time()
+    try:
+        with Session(port) as s:
+            written, backend, info = install(s, _dist(), data, name, log=click.echo)
+    except BoardError as e:
+        _fail(str(e))
+    click.echo(f"{port}: MicroPython {info['version']}, arch {info['arch']}, backend {backend}")
+    click.echo(f"wrote {len(written)} files ({', '.join(written) or 'all up to date'}) in {time.time() - t0:.1f} s")
+
+
+# ---------------------------------------------------------------------------------------------
+def load_samples(path, model=None, label=None):
+    """(x int8 [n][in_size], labels) from CSV / NPZ / WAV, quantized with the model's input scale
+    when the data are floats."""
+    import numpy as np
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        d = np.load(path)
+        x, y = d["x"], d["y"]
+    elif ext == ".csv":
+        rows = np.loadtxt(path, delimiter=",", skiprows=_csv_header(path))
+        rows = rows.reshape(len(rows), -1) if rows.ndim > 1 else rows.reshape(1, -1)
+        y, x = rows[:, 0].astype(int), rows[:, 1:]
+    elif ext == ".wav":
+        import wave
+        with wave.open(path) as w:
+            if w.getsampwidth() != 2:
+                _fail(f"{path}: 16-bit PCM WAV expected")
+            a = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+            a = a.reshape(-1, w.getnchannels())
+        if label is None:
+            _fail("a WAV file needs --label")
+        n = int(np.prod(model.input_shape)) if model is not None else a.size
+        x, y = a.ravel()[:n].reshape(1, -1), np.array([label])
+    else:
+        _fail(f"{path}: expected .csv (label, values...), .npz (x, y) or .wav")
+    if label is not None and ext != ".wav":
+        y = np.full(len(x), label)
+    x = np.asarray(x)
+    if x.dtype != np.int8:
+        if model is None:
+            _fail("float samples need the model file to be quantized (pass --model)")
+        x = model.quantize_input(x.reshape(len(x), -1))
+    return x.reshape(len(x), -1), np.asarray(y, dtype=int)
+
+
+def _csv_header(path):
+    with open(path) as f:
+        first = f.readline()
+    try:
+        [float(v) for v in first.split(",")]
+        return 0
+    except ValueError:
+        return 1
+
+
+@main.command(name="train")
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@_port_option
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False),
+              help="The model file pushed to the board (to quantize float samples).")
+@click.option("--label", type=int, help="Label of every sample (WAV, or a file of one class).")
+@click.option("--validation", is_flag=True, help="Keep the samples on the board for evaluation instead of training.")
+@click.option("--epochs", default=1, show_default=True)
+@click.option("--name", default="model.mtm", show_default=True, help="The model file on the board.")
+def train_cmd(data, port, model_path, label, validation, epochs, name):
+    """Stream labelled samples (CSV, NPZ, WAV) to the board, which trains on each as it arrives.
+
+    Framed protocol with CRC, acknowledgements, retransmission and resume; reports samples/s and
+    bytes per sample on the wire.  Raw samples go to the board; only telemetry comes back.
+    """
+    from .link import Link
+    port = _need_port(port)
+    model = None
+    if model_path:
+        from .modelfile import load
+        model = _quantizable(load(model_path)[0], model_path)
+    x, y = load_samples(data, model, label)
+    from rich.progress import Progress
+    with Link(port, name) as link, Progress() as bar:
+        task = bar.add_task("validation" if validation else "training", total=len(x) * epochs)
+        for _ in range(epochs):
+            stats = link.stream(x, y, validation=validation, progress=lambda n: bar.update(task, completed=n))
+    click.echo(f"{stats['samples']} samples, {stats['samples_per_s']:.1f} samples/s, "
+               f"{stats['wire_bytes_per_sample']:.0f} bytes/sample on the wire "
+               f"({100 * stats['payload_efficiency']:.0f}% payload), {stats['retransmissions']} retransmissions")
+
+
+def _quantizable(model, path):
+    """A model read back from a file has no float input scale unless INFO carried it."""
+    if not model.input_scale:
+        _fail(f"{path} has no input scale: quantize samples yourself (int8 .npz)")
+    return model
+
+
+@main.command()
+@_port_option
+@click.option("--follow", is_flag=True, help="Live view while the board trains (Ctrl-C to stop).")
+@click.option("--jsonl", type=click.Path(dir_okay=False), help="Append records as JSON lines.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write records as CSV.")
+@click.option("--png", type=click.Path(dir_okay=False), help="Plot loss and accuracy (needs matplotlib: pip install microtrain[plot]).")
+@click.option("--name", default="model.mtm", show_default=True)
+def telemetry(port, follow, jsonl, csv_path, png, name):
+    """Training telemetry from the board: loss, accuracy, step time, heap, events."""
+    from .link import Link
+    port = _need_port(port)
+    with Link(port, name) as link:
+        records = link.telemetry()
+        if follow:
+            records = _live(link, records)
+    write_records(records, jsonl, csv_path, png)
+
+
+def _live(link, records):
+    from rich.live import Live
+    from rich.table import Table
+    try:
+        with Live(refresh_per_second=4) as live:
+            while True:
+                records = link.telemetry()
+                live.update(_table(records[-15:]))
+                time.sleep(0.25)
+    except KeyboardInterrupt:
+        return records
+
+
+def _table(records):
+    from rich.table import Table
+    t = Table("step", "kind", "loss", "ok", "us", "heap free", "value")
+    for r in records:
+        t.add_row(str(r["step"]), r["kind"], f"{r['loss']:.3f}", "✓" if r["correct"] else "", str(r["us"]),
+                  str(r["heap_free"]), f"{r['value']:.3f}" if r["value"] else "")
+    return t
+
+
+def write_records(records, jsonl=None, csv_path=None, png=None):
+    if jsonl:
+        with open(jsonl, "a") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    if csv_path:
+        import csv
+        with open(csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["step"])
+            w.writeheader()
+            w.writerows(records)
+    if png:
+        plot_records(records, png)
+    steps = [r for r in records if r["kind"] == "step"]
+    if steps:
+        n = len(steps)
+        acc = sum(r["correct"] for r in steps) / n
+        click.echo(f"{n} steps, mean loss {sum(r['loss'] for r in steps) / n:.3f}, train accuracy {acc:.3f}, "
+                   f"step time {sorted(r['us'] for r in steps)[n // 2]} us (median)")
+
+
+def plot_records(records, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _fail("--png needs matplotlib: pip install 'microtrain[plot]'")
+    steps = [r for r in records if r["kind"] == "step"]
+    evals = [r for r in records if r["kind"] == "evaluate"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if steps:
+        k = max(1, len(steps) // 20)
+        xs = [r["step"] for r in steps]
+        loss = [sum(s["loss"] for s in steps[max(0, i - k):i + 1]) / len(steps[max(0, i - k):i + 1]) for i in range(len(steps))]
+        ax.plot(xs, loss, label="loss (running mean)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in evals], [r["value"] for r in evals], "o-", color="tab:green", label="validation accuracy")
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("accuracy")
+    for r in records:
+        if r["kind"] in ("rollback", "checkpoint", "class"):
+            ax.axvline(r["step"], color="tab:red" if r["kind"] == "rollback" else "tab:gray", lw=0.8, ls=":")
+    ax.set_title("microtrain")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    click.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command()
+@_port_option
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The model file that was pushed (the trained tensors are written into a copy).")
+@click.option("--checkpoint", default="microtrain.ckpt", show_default=True, help="Checkpoint file on the board.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="Where to write: .mtm (model file), .npz (trained tensors), .onnx (not supported: see docs).")
+@click.option("--delta", is_flag=True, help="With .npz: only the change of each trained tensor.")
+def pull(port, model_path, checkpoint, output, delta):
+    """Bring back the trained weights from the board's last checkpoint."""
+    import numpy as np
+    from . import modelfile
+    from .board_io import BoardError, Session, apply_checkpoint, parse_checkpoint
+    port = _need_port(port)
+    try:
+        with Session(port) as s:
+            if not s.exists(checkpoint):
+                _fail(f"no checkpoint {checkpoint} on the board: train first (the board checkpoints as it goes)")
+            ck = parse_checkpoint(s.get(checkpoint))
+    except BoardError as e:
+        _fail(str(e))
+    model, plan = modelfile.load(model_path)
+    trained = apply_checkpoint(model, ck)
+    ext = os.path.splitext(output)[1].lower()
+    if ext == ".mtm":
+        with open(model_path, "rb") as f:
+            original = f.read()
+        data = modelfile.replace_tensors(original, trained)
+        with open(output, "wb") as f:
+            f.write(data)
+    elif ext == ".npz":
+        arrays = {}
+        for i, (a, b) in enumerate(zip(model.layers, trained.layers)):
+            if b.w is None:
+                continue
+            if delta:
+                if a.w.size == b.w.size:
+                    arrays[f"w{i}"] = b.w.astype(np.int16) - a.w
+                    arrays[f"b{i}"] = b.b.astype(np.int64) - a.b
+            else:
+                arrays[f"w{i}"], arrays[f"b{i}"] = b.w, b.b
+        np.savez(output, **arrays)
+    else:
+        _fail(f"{output}: write .mtm or .npz (an updated ONNX needs the float graph: use the .npz tensors)")
+    click.echo(f"checkpoint: {ck['steps']} steps, {ck['samples']} samples, last sample {ck['last_seq']}, "
+               f"{ck['n_classes']} classes -> wrote {output}")
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), required=True)
+@_port_option
+@click.option("--simulate", is_flag=True, help="Evaluate in the host simulator instead of on the board.")
+@click.option("--name", default="model.mtm", show_default=True)
+def evaluate(data, model_path, port, simulate, name):
+    """Accuracy of the model on labelled samples, on the board or in the host simulator."""
+    from .modelfile import load
+    model, _ = load(model_path)
+    x, y = load_samples(data, model if model.input_scale else None)
+    if simulate:
+        import numpy as np
+        from .graph import forward
+        right = sum(int(np.argmax(forward(model, xi))) == int(yi) for xi, yi in zip(x, y))
+    else:
+        from .link import Link
+        with Link(_need_port(port), name) as link:
+            right = link.evaluate(x, y)
+    click.echo(f"accuracy {right}/{len(y)} = {right / len(y):.3f} ({'simulator' if simulate else 'board'})")
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--board", "board_name", required=True, help="esp32_s3 or rpi_pico.")
+@click.argument("firmware", type=click.Path(exists=True, dir_okay=False))
+@_port_option
+@click.option("--drive", type=click.Path(), help="rpi_pico: the RPI-RP2 drive (found automatically when mounted).")
+def flash(board_name, firmware, port, drive):
+    """Write a MicroPython firmware: ESP32-S3 with esptool, RP2040 by UF2 copy to the RPI-RP2 drive."""
+    from . import boards as B
+    from . import flashing
+    board = B.get(board_name)
+    try:
+        if board.flash_method == "uf2":
+            dest = flashing.flash_uf2(firmware, drive, board.extra.get("uf2_drive_label", "RPI-RP2"))
+            click.echo(f"copied {firmware} to {dest}; the board reboots into the new firmware")
+        elif board.flash_method == "esptool":
+            flashing.flash_esptool(firmware, port or _need_port(port), board.extra.get("esptool_chip", "esp32s3"),
+                                   board.extra.get("esptool_offset", 0))
+            click.echo(f"flashed {firmware} to {board.name}")
+        else:
+            _fail(f"{board.name} cannot be flashed")
+    except flashing.FlashError as e:
+        _fail(str(e))
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command(name="virtual-board")
+@click.option("--board", "board_name", default="virtual", show_default=True, help="Board whose heap size to use.")
+@click.option("--flash-dir", type=click.Path(file_okay=False), help="Folder that acts as the board's flash (default: a temporary one).")
+def virtual_board(board_name, flash_dir):
+    """Start a board on a pty: the real MicroPython unix port with the x64 native module, a heap
+    the size of the chosen board and a folder as its flash.  Prints the port; Ctrl-C stops it."""
+    from . import boards as B
+    from .virtualboard import VirtualBoard
+    board = B.get(board_name)
+    with VirtualBoard(heap=f"{board.heap_bytes // 1024}K", flash_dir=flash_dir) as vb:
+        click.echo(f"virtual board ({board.name} heap {board.heap_bytes // 1024} K) on {vb.port}")
+        click.echo(f"  flash: {vb.flash_dir}")
+        click.echo(f"  try:   mpremote connect {vb.port} resume exec \"import sys; print(sys.implementation)\"")
+        click.echo(f"         microtrain push model.mtm --port {vb.port}")
+        try:
+            while vb.alive():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command()
+@_port_option
+@click.option("--steps", default=2, show_default=True, help="Epochs over the device's training samples.")
+@click.option("--png", type=click.Path(dir_okay=False), help="Also plot the training telemetry.")
+def demo(port, steps, png):
+    """The whole loop: (virtual) board, pretrained model, convert, push, stream, train, telemetry,
+    accuracy before/after, pull — on BasicMotions IMU data seen through a new "device"."""
+    from .demo import run_demo
+    run_demo(port, epochs=steps, png=png, echo=click.echo)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
