@@ -46,7 +46,9 @@ $(BUILD)/.apt:
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev,plot]'
+	@# aeon only for the BasicMotions files it ships (its numba pin would downgrade numpy)
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps aeon==1.6.0
 	@touch $@
 
 $(MPY_DIR)/py/py.mk: | $(VENV)/.installed
@@ -115,6 +117,10 @@ test: setup natmods hostport host-kernels
 
 bench: setup natmods
 	$(PY) -m bench.kernels
+	$(PY) -m bench.training
+
+demo: setup natmods
+	$(VENV)/bin/microtrain demo --png demo-training.png
 
 clean:
 	rm -rf $(BUILD)/natmod $(BUILD)/hostport $(BUILD)/host $(DIST) native_modules/mtkernels/build
