@@ -54,13 +54,21 @@ class Builder:
         self.names[name] = out
         return out
 
-    def model(self, out_dims):
+    def model(self, out_dims, balance=None):
+        """The ModelProto; ``balance`` = (logits tensor, its bias initializer): shift that bias so the
+        mean logits over random inputs are 0 (else random-weight nets predict one class)."""
         g = oh.make_graph(self.nodes, "test_graph",
                           [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N"] + list(self.in_shape))],
                           [oh.make_tensor_value_info(self.cur, TensorProto.FLOAT, ["N"] + list(out_dims))],
                           initializer=self.inits)
         m = oh.make_model(g, opset_imports=[oh.make_opsetid("", self.opset)])
         onnx.checker.check_model(m)
+        if balance:
+            logits, bias = balance
+            X = np.random.default_rng(99).standard_normal((256,) + self.in_shape).astype(np.float32)
+            mean = ReferenceEvaluator(m).run([logits], {"x": X})[0].mean(axis=0)
+            t = next(t for t in m.graph.initializer if t.name == bias)
+            t.CopyFrom(nph.from_array((nph.to_array(t) - mean).astype(np.float32), bias))
         return m
 
     # common pieces
@@ -92,7 +100,7 @@ def model_a():
     b.bn(8, name="bn1")
     b.op("Relu", name="relu1")
     b.op("MaxPool", name="pool1", kernel_shape=[2, 2], strides=[2, 2])             # 6x5
-    b.conv(16, 3, strides=[2, 2], pads=[0, 0, 1, 1], name="conv2")                   # TF SAME: 3x3
+    b.conv(16, 3, strides=[2, 2], pads=[0, 1, 1, 1], name="conv2")                   # TF SAME: 3x3
     b.op("Relu", name="relu2")
     b.op("GlobalAveragePool", name="gap")
     b.op("Flatten", name="flatten", axis=1)
@@ -100,21 +108,24 @@ def model_a():
     c = b.const(b.w(5, scale=0.1), "fcb")
     logits = b.op("Gemm", W, c, name="fc", transB=1)
     b.op("Softmax", name="softmax", axis=1)
-    return b.model([5]), logits
+    return b.model([5], balance=(logits, c)), logits
 
 
-def model_b():
+def model_b(flatten="Flatten"):
     """Conv -> Flatten -> Gemm+Relu -> Gemm (the NCHW -> HWC flatten permutation)."""
     b = Builder((2, 5, 4), seed=2)
     b.in_c = 2
     b.conv(3, 3, pads=[1, 1, 1, 1], name="conv")                                   # 3 x 5 x 4
-    b.op("Flatten", name="flatten")
+    if flatten == "Flatten":
+        b.op("Flatten", name="flatten")
+    else:                                                                           # x.reshape(N, -1)
+        b.op("Reshape", b.const(np.array([0, -1], np.int64), "shape"), name="reshape")
     W1 = b.w(60, 16, scale=0.2)                                                     # transB = 0: (in, out)
     b.op("Gemm", b.const(W1, "W1"), b.const(b.w(16, scale=0.1), "b1"), name="fc1", alpha=0.5, beta=2.0)
     b.op("Relu", name="relu")
-    logits = b.op("Gemm", b.const(b.w(4, 16, scale=0.4), "W2"), b.const(b.w(4, scale=0.1), "b2"),
-                  name="fc2", transB=1)
-    return b.model([4]), logits
+    b2 = b.const(b.w(4, scale=0.1), "b2")
+    logits = b.op("Gemm", b.const(b.w(4, 16, scale=0.4), "W2"), b2, name="fc2", transB=1)
+    return b.model([4], balance=(logits, b2)), logits
 
 
 def model_c():
@@ -127,14 +138,15 @@ def model_c():
          count_include_pad=0)                                                       # TF SAME: 4x4
     b.op("Flatten", name="flatten")
     b.op("MatMul", b.const(b.w(96, 4, scale=0.15), "W"), name="mm")
-    logits = b.op("Add", b.const(b.w(4, scale=0.1), "bias"), name="bias_add")
-    return b.model([4]), logits
+    bias = b.const(b.w(4, scale=0.1), "bias")
+    logits = b.op("Add", bias, name="bias_add")
+    return b.model([4], balance=(logits, bias)), logits
 
 
 def model_d():
-    """1-D model (N, C, L): Conv1d(auto_pad SAME_UPPER) + Clip(0) -> MaxPool(ceil) -> BN-less Conv1d
+    """1-D model (N, C, L): Conv1d(auto_pad SAME_UPPER) + Clip(0) -> MaxPool(ceil) -> bias-less Conv1d
     + Mul/Add per-channel constants + Relu -> Shape/Gather/Unsqueeze/Concat/Reshape flatten
-    -> Dropout -> Gemm -> BN -> Relu -> MatMul -> LogSoftmax."""
+    -> Dropout -> Gemm -> BN -> Relu -> MatMul + Add -> LogSoftmax."""
     b = Builder((3, 20), seed=4)
     b.in_c = 3
     b.conv(6, (5,), strides=[2], auto_pad="SAME_UPPER", name="conv1")              # 6 x 10
@@ -159,12 +171,47 @@ def model_d():
     b.op("Gemm", b.const(b.w(12, 20, scale=0.3), "W1"), name="fc1", transB=1)
     b.bn(12, name="bn")
     b.op("Relu", name="relu2")
-    logits = b.op("MatMul", b.const(b.w(12, 3, scale=0.4), "W2"), name="fc2")
+    b.op("MatMul", b.const(b.w(12, 3, scale=0.4), "W2"), name="fc2")
+    bias = b.const(np.zeros((1, 3), np.float32), "b2")
+    logits = b.op("Add", bias, name="fc2_bias", data_first=False)
     b.op("LogSoftmax", name="logsoftmax", axis=1)
-    return b.model([3]), logits
+    return b.model([3], balance=(logits, bias)), logits
 
 
-MODELS = {"a": model_a, "b": model_b, "c": model_c, "d": model_d}
+def model_e():
+    """Conv(auto_pad VALID, stride 2) -> Sub / Div constants -> Relu -> 1x1 Conv + BN + Relu
+    -> ReduceMean(H, W, keepdims=0) -> Gemm -> Softmax."""
+    b = Builder((3, 7, 8), seed=5)
+    b.in_c = 3
+    b.conv(6, 2, strides=[2, 2], auto_pad="VALID", name="conv1")                  # 6 x 3 x 4
+    b.op("Sub", b.const(b.w(6, 1, 1, scale=0.2), "sub"), name="sub")
+    b.op("Div", b.const(b.rng.uniform(0.5, 2, (1, 6, 1, 1)).astype(np.float32), "div"), name="div")
+    b.op("Relu", name="relu1")
+    b.conv(5, 1, bias=False, name="conv2")
+    b.bn(5, name="bn2")
+    b.op("Relu", name="relu2")
+    b.op("ReduceMean", name="mean", axes=[2, 3], keepdims=0)
+    c = b.const(b.w(4, scale=0.1), "fcb")
+    logits = b.op("Gemm", b.const(b.w(4, 5, scale=0.5), "fcW"), c, name="fc", transB=1)
+    b.op("Softmax", name="softmax")
+    return b.model([4], balance=(logits, c)), logits
+
+
+def model_f():
+    """Conv + Relu -> GlobalMaxPool -> Squeeze -> Gemm (opset 13: Squeeze axes as an input)."""
+    b = Builder((2, 6, 6), seed=6, opset=13)
+    b.in_c = 2
+    b.conv(6, 3, pads=[1, 1, 1, 1], name="conv")
+    b.op("Relu", name="relu")
+    b.op("GlobalMaxPool", name="gmp")
+    b.op("Squeeze", b.const(np.array([2, 3], np.int64), "axes"), name="squeeze")
+    c = b.const(b.w(3, scale=0.1), "fcb")
+    logits = b.op("Gemm", b.const(b.w(3, 6, scale=0.5), "fcW"), c, name="fc", transB=1)
+    return b.model([3], balance=(logits, c)), logits
+
+
+MODELS = {"a": model_a, "b": model_b, "b_reshape": lambda: model_b("Reshape"), "c": model_c, "d": model_d,
+          "e": model_e, "f": model_f}
 
 
 def _inputs(model, n, seed):
@@ -186,8 +233,8 @@ def test_float_net_matches_onnx_reference(which):
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     # the whole ONNX output (softmax / log-softmax where present) agrees too
-    final = ReferenceEvaluator(model).run(None, {"x": X})[0]
-    if final is not ref and model.graph.node[-1].op_type == "Softmax":
+    if model.graph.node[-1].op_type == "Softmax":
+        final = ReferenceEvaluator(model).run(None, {"x": X})[0]
         np.testing.assert_allclose(fn.softmax(ours.astype(np.float64)), final, rtol=1e-4, atol=1e-6)
 
 
@@ -205,6 +252,7 @@ def test_quantized_model_agrees(which, tmp_path):
     assert tuple(qm.input_shape) == net.input_shape
     X = co.to_channels_last(_inputs(model, 200, seed=30), net)
     float_pred = net.predict(X)
+    assert np.bincount(float_pred).max() <= 0.8 * len(X)               # not a one-class model
     q_pred = np.array([np.argmax(graph.forward(qm, qm.quantize_input(x), keep=True)[-2][0].astype(np.int32))
                        for x in X])
     agree = np.mean(q_pred == float_pred)
@@ -263,9 +311,9 @@ def test_two_d_input_becomes_1x1xF():
 # refusals
 
 
-def _conv_model(**conv_attrs):
-    b = Builder((2, 8, 8), seed=6)
-    b.in_c = 2
+def _conv_model(in_c=2, **conv_attrs):
+    b = Builder((in_c, 8, 8), seed=6)
+    b.in_c = in_c
     b.conv(4, 3, name="the_conv", **conv_attrs)
     b.op("GlobalAveragePool")
     b.op("Flatten")
@@ -274,12 +322,10 @@ def _conv_model(**conv_attrs):
 
 
 def _refusal_lstm():
-    b = Builder((4,), seed=7)
-    b.op("Gemm", b.const(b.w(5, 4), "W"), transB=1)
-    b.op("Unsqueeze", b.const(np.array([0], np.int64), "ax"), name="unsq")
+    b = Builder((2, 4), seed=7)                                         # LSTM X: (seq, batch, features)
     H = 3
-    b.op("LSTM", b.const(b.w(1, 4 * H, 5), "Wl"), b.const(b.w(1, 4 * H, H), "Rl"), name="my_lstm", hidden_size=H)
-    return b.model([1, 1, H])
+    b.op("LSTM", b.const(b.w(1, 4 * H, 4), "Wl"), b.const(b.w(1, 4 * H, H), "Rl"), name="my_lstm", hidden_size=H)
+    return b.model([1, 2, H])
 
 
 def _refusal_relu6():
@@ -344,7 +390,7 @@ REFUSALS = {
     "dilation": (lambda: _conv_model(dilations=[2, 2]), ["Conv", "the_conv", "dilations"]),
     "asymmetric_pads": (lambda: _conv_model(pads=[1, 0, 0, 0]), ["Conv", "the_conv", "SAME", "VALID"]),
     "same_lower": (lambda: _conv_model(auto_pad="SAME_LOWER", strides=[2, 2]), ["Conv", "the_conv", "SAME"]),
-    "grouped": (lambda: _conv_model(group=2), ["Conv", "the_conv", "group"]),
+    "grouped": (lambda: _conv_model(in_c=4, group=2), ["Conv", "the_conv", "group"]),
     "relu6": (_refusal_relu6, ["Clip", "relu6", "ReLU6"]),
     "bn_after_pool": (_refusal_bn_after_pool, ["BatchNormalization", "lonely_bn"]),
     "residual": (_refusal_residual, ["Add", "residual_add", "sequential"]),

@@ -103,7 +103,7 @@ def _onnx_out(n, k, s, pb, pe, ceil):
 
 def _window(node, a, spatial_hw, k_hw, rank, desc):
     """Normalized 2-D strides / pads of a Conv or pooling node and the TFLite padding mode."""
-    nd = rank - 1                                                      # spatial dims in ONNX
+    nd = rank - 2                                                      # spatial dims in ONNX
     strides = list(a.get("strides", [1] * nd))
     dil = list(a.get("dilations", [1] * nd))
     pads = list(a.get("pads", [0] * (2 * nd)))
@@ -281,7 +281,7 @@ class _Converter:
         from onnx.reference import ReferenceEvaluator
 
         if node.op_type == "Constant":
-            from onnx import helper, numpy_helper
+            from onnx import numpy_helper
             a = _attrs(node)
             if "value" in a:
                 val = numpy_helper.to_array(a["value"])

@@ -9,7 +9,9 @@ output, nothing branches) of
     CONV_2D                      -> conv QLayer (OHWI weights as they are); double rounding
     DEPTHWISE_CONV_2D            -> dwconv QLayer ([1,kh,kw,out] -> [kh][kw][out]); double rounding
     AVERAGE_POOL_2D, MAX_POOL_2D -> avgpool / maxpool (same quantization in and out)
-    MEAN over H,W                -> avgpool over the whole map, where it is bit-exact (see _mean)
+    MEAN over H,W                -> avgpool only where that is bit-exact (n = 1 or 3 positions), else
+                                    refused; mean="dwconv" makes it a bit-exact depthwise layer
+                                    (see _Converter.mean for TFLite's integer mean)
     RESHAPE, SQUEEZE, EXPAND_DIMS-> nothing (a byte copy in [H][W][C] order)
     SOFTMAX (last)               -> softmax (beta from the model)
 
@@ -36,6 +38,7 @@ e.g. (49, 40, 1) for micro_speech, whose input tensor is [1, 1960] followed by a
 """
 
 import math
+import os
 import struct
 from dataclasses import dataclass, field
 
@@ -43,7 +46,7 @@ import numpy as np
 
 from . import reference as ref
 from .graph import QLayer, QModel
-from .quant import quantize_multipliers, softmax_params
+from .quant import quantize_multiplier, quantize_multipliers, softmax_params
 
 SOFTMAX_OUT = (1.0 / 256, -128)          # TFLite's int8 softmax output quantization
 MAX_ELEMENTS = 1 << 26                    # refuse absurd shapes (garbage files) before allocating
@@ -244,24 +247,28 @@ class Converted:
     notes: list = field(default_factory=list)
 
 
-def load_tflite(path, labels=(), name=None, softmax=True, strict_mean=True):
+def load_tflite(path, labels=(), name=None, softmax=True, mean="refuse"):
     """Read a TFLite int8 model file and convert it to a QModel (see the module docstring)."""
     with open(path, "rb") as f:
         data = f.read()
     if name is None:
-        import os
         name = os.path.splitext(os.path.basename(str(path)))[0]
-    return convert(data, labels, name, softmax, strict_mean).model
+    return convert(data, labels, name, softmax, mean).model
 
 
-def convert(data, labels=(), name="model", softmax=True, strict_mean=True):
+def convert(data, labels=(), name="model", softmax=True, mean="refuse"):
     """bytes of a .tflite file -> Converted(QModel, output tensor index of every layer, notes).
 
     softmax: append an int8 softmax if the model does not end in one.
-    strict_mean: refuse a MEAN whose rounding can differ from avgpool's (see _mean); with False it is
-    converted anyway and may differ from TFLite by one step on exact ties."""
+    mean: how a MEAN over H, W converts: "refuse" (avgpool where that is bit-exact, else ValueError),
+    "dwconv" (a bit-exact depthwise layer) or "avgpool" (one step off on some sums); see _Converter.mean."""
+    if mean not in ("refuse", "dwconv", "avgpool"):
+        raise ValueError(f"mean must be 'refuse', 'dwconv' or 'avgpool', not {mean!r}")
     g = read_tflite(data)
-    return _Converter(g, strict_mean).run(labels, name, softmax)
+    try:
+        return _Converter(g, mean).run(labels, name, softmax)
+    except struct.error as e:          # operator options are read lazily from the flatbuffer
+        raise TFLiteFormatError(f"malformed TFLite flatbuffer (operator options: {e})") from e
 
 
 def _err(op, msg):
@@ -308,9 +315,9 @@ def _hwc(shape, op, what):
 
 
 class _Converter:
-    def __init__(self, g, strict_mean):
+    def __init__(self, g, mean_mode):
         self.g = g
-        self.strict_mean = strict_mean
+        self.mean_mode = mean_mode
         self.notes = []
 
     def t(self, i):
@@ -569,19 +576,19 @@ class _Converter:
         return self._pool(op, "maxpool")
 
     def mean(self, op):
-        """TFLite int8 MEAN, reference kernel (kernels/reduce.cc, EvalMean):
-          keep_dims, 4-D input, axes {1, 2}: reference_integer_ops::Mean
-              acc = MultiplyByQuantizedMultiplier(sum(x - z_x), s_x / s_y)
-              y = (acc +/- n/2) / n (rounded half away from zero) + z_y
-          otherwise, same quantization in and out: reference_ops::Mean, sum(x) / n TRUNCATED
-          otherwise: float arithmetic (QuantizedMeanOrSum).
-        Our avgpool computes round_half_away(sum(x) / n) with the input's quantization. With equal
-        quantization the first form is exactly that whenever n is odd (no ties) or z_x == 0
-        (sum(x - z) == sum(x)); otherwise an exact tie whose sign differs between sum(x - z) and
-        sum(x) rounds the other way (one step).  The other forms never match."""
+        """int8 MEAN over H and W.  ai-edge-litert's reference kernel computes (established on built
+        models, any keep_dims, any output quantization; tests/test_convert_tflite.py):
+            m0, e0 = QuantizeMultiplier(s_x / s_y);  k = min(floor(log2 n), 32, 31 + e0)
+            y = MultiplyByQuantizedMultiplier(sum(x) - n * z_x, (m0 << k) // n, e0 - k) + z_y   (double rounding)
+        avgpool computes round_half_away(sum(x) / n) instead: the two agree for every possible sum
+        only for n = 1 and n = 3 (checked exhaustively here, per layer); otherwise they differ by one
+        step on 1.5-40 % of the sums (ties, and the truncated multiplier).  Modes (`mean=`):
+          "refuse"  avgpool where it is exact, else ValueError
+          "dwconv"  bit-exact: a depthwise convolution over the whole map with weights 1 (scale 1/n),
+                    bias 0 and exactly TFLite's multiplier; note that it then counts as a parametric
+                    layer (a policy such as bias-only trains its bias)
+          "avgpool" avgpool anyway (same quantization in and out), one step off on some sums"""
         tx, ty, s_x, z_x, s_y, z_y = self._io(op)
-        o = self.options(op, "ReducerOptions", required=False)
-        keep = bool(o.KeepDims()) if o is not None else False
         at = self.t(op.inputs[1]) if len(op.inputs) > 1 and op.inputs[1] >= 0 else None
         if at is None or at.type != "INT32" or at.data is None:
             raise _err(op, "the axes must be a constant int32 tensor")
@@ -592,20 +599,35 @@ class _Converter:
                            f"shape {list(tx.shape)})")
         h, w_, c = _hwc(tx.shape, op, "input")
         n = h * w_
-        if z_x != z_y or np.float32(s_x) != np.float32(s_y):
+        m0, e0 = quantize_multiplier(float(s_x) / float(s_y))
+        k = min(n.bit_length() - 1, 32, 31 + e0)
+        mult, shift = (m0 << k) // n, e0 - k
+        same_q = z_x == z_y and np.float32(s_x) == np.float32(s_y)
+        if self.mean_mode == "dwconv":
+            geom = ref.Geom.depthwise(h, w_, c, 1, h, w_, 1, "valid")
+            self._check_out(op, geom, ty, size_only=True)
+            self.notes.append(f"operator {op.index} (MEAN over {h}x{w_}) became a depthwise convolution "
+                              "with weights 1 (scale 1/n) and bias 0, bit-exact with TFLite")
+            return QLayer("dwconv", geom, s_x, z_x, s_y, z_y, -128, 127, np.ones(n * c, np.int8),
+                          np.zeros(c, np.int32), np.full(c, 1.0 / n), np.array([mult], np.int32),
+                          np.array([shift], np.int32), True, name=f"mean{op.index}")
+        if not same_q:
             raise _err(op, f"output quantization ({s_y}, {z_y}) differs from the input's ({s_x}, {z_x}): "
-                           "TFLite requantizes, avgpool cannot")
-        if not keep and n > 1:
-            raise _err(op, "keep_dims=False: TFLite's reference MEAN then truncates sum(x)/n, avgpool rounds "
-                           "(not bit-exact); export with keepdims=True")
-        if n % 2 == 0 and z_x != 0:
-            msg = (f"MEAN over {h}x{w_} = {n} positions (even) with zero point {z_x}: TFLite rounds "
-                   f"sum(x - z)/n, avgpool rounds sum(x)/n, and exact ties can round differently")
-            if self.strict_mean:
-                raise _err(op, msg + " (not bit-exact; strict_mean=False converts it anyway)")
+                           "avgpool keeps it (mean='dwconv' converts this MEAN bit-exactly)")
+        sums = np.arange(-128 * n, 127 * n + 1, dtype=np.int64)
+        tfl = np.clip(ref.requantize(sums - n * z_x, mult, shift, True) + z_y, -128, 127)
+        ours = np.clip(ref.div_round_away(sums, n), -128, 127)
+        bad = int(np.count_nonzero(tfl != ours))
+        if bad:
+            msg = (f"MEAN over {h}x{w_} = {n} positions is not avgpool bit for bit: TFLite's integer mean "
+                   f"(multiplier / n, double rounding) and avgpool's rounded division differ by one step on "
+                   f"{bad} of the {sums.size} possible sums")
+            if self.mean_mode != "avgpool":
+                raise _err(op, msg + "; convert with mean='dwconv' (bit-exact, a depthwise layer with weights 1) "
+                                     "or mean='avgpool' (accept the difference)")
             self.notes.append(f"operator {op.index}: {msg}")
         geom = ref.Geom.pool(h, w_, c, h, w_)
-        self._check_out(op, geom, ty)
+        self._check_out(op, geom, ty, size_only=True)
         return QLayer("avgpool", geom, s_x, z_x, s_x, z_x, name=f"mean{op.index}")
 
     def softmax(self, op):

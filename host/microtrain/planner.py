@@ -108,6 +108,7 @@ class Plan:
                 what.append("bias")
             lines.append(f"  layer {t.layer} {l.op} {l.name}: " + ", ".join(what))
         lines.append(f"backward reaches layer {self.first_backward}; kept activations {self.kept}, masks {self.masks}")
+        lines += [f"note: {n}" for n in self.notes]
         lines.append(f"RAM: training arena {self.arena_size} B, inference arena {self.inference_arena} B, "
                      f"trainable weights {self.weight_bytes_ram} B; frozen weights {self.frozen_bytes} B stay in flash")
         lines.append(f"peak training RAM (arena + trainable weights + ~{self.bookkeeping_bytes} B of objects): "
@@ -220,11 +221,21 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
             mult, shift = quantize_multipliers(s_w * 2.0 ** (E - h))
             grads[i] = GradSpec(i, mult, shift, -E + h)
 
-    # weight-gradient bound of the update kernels: max|gy| * 255 * positions < 2^31
+    # weight-gradient bound of the update kernels: max|gy| * 255 * positions < 2^31, where gy is the
+    # softmax gradient (|g| <= 2^15) at the classifier and a narrowed gradient (|g| <= 2^14) below
+    notes = []
+    classifier = len(layers) - 2 if layers[-1].op == "softmax" else len(layers) - 1
     for t in train:
-        if t.weights and layers[t.layer].geom.positions * 255 * (1 << 15) >= 1 << 31:
-            raise PlanError(f"layer {t.layer} has {layers[t.layer].geom.positions} output positions: weight "
-                            "gradients over more than 256 positions are not supported yet; train its bias only")
+        g_max = 1 << (15 if t.layer == classifier else 14)
+        if t.weights and layers[t.layer].geom.positions * 255 * g_max >= 1 << 31:
+            notes.append(f"layer {t.layer}: {layers[t.layer].geom.positions} output positions exceed the weight-gradient "
+                         f"bound ({(1 << 31) // (255 * g_max)}): its weights stay frozen, its bias trains")
+            t.cin_hi = t.cin_lo
+            t.w_mult = t.w_shift = None
+            if not t.bias:
+                t.bias = True
+                t.b_mult, t.b_shift = quantize_multipliers(lr / (np.asarray(layers[t.layer].s_w, np.float64) * layers[t.layer].s_x)
+                                                           if qas else lr * np.asarray(layers[t.layer].s_w) * layers[t.layer].s_x)
 
     # what the backward pass reads from the forward pass
     kept, masks = set(), set()
@@ -274,6 +285,7 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
              buffers, arena, inference, ram_w, frozen, max_classes, seed)
     p.word_bytes = word_bytes
     p.n_backward = len(layers) - 1 - first
+    p.notes = notes
     if cls.op == "conv" and cls.s_w is not None:
         from .quant import quantize_multiplier
         p.class_add = quantize_multiplier(float(cls.s_x / np.max(cls.s_w)))

@@ -1,0 +1,528 @@
+# The serial link, board side: framed messages on the REPL's own stdin/stdout.
+#
+# The host (host/microtrain/link.py) enters the raw REPL and runs
+#     import microtrain.link as L; L.serve("model.mtm", "model.ckpt", 16, 60, check)
+# then both sides exchange frames until BYE.  Every frame:
+#
+#   0   2  sync b"\xeb\x90"
+#   2   2  payload length n (u16 LE)
+#   4   1  type                     HELLO SAMPLE ACK NACK TELEMETRY CMD RESULT ERROR BYE
+#   5   1  flags                    SAMPLE: 1 = validation sample (stored, not trained on)
+#   6   4  seq (i32 LE)             SAMPLE: its sequence number; ACK/NACK/HELLO/BYE: the highest
+#                                   seq applied; CMD/RESULT: the command id
+#  10   2  crc32(bytes 2..9) & 0xFFFF, so a false sync never makes us wait for a bogus length
+#  12   n  payload                  SAMPLE: int8 sample, then the label byte
+#  12+n 4  crc32(bytes 2..11+n)
+#
+# Rules: SAMPLE seq is applied only if seq == last applied + 1 (Trainer.last_seq, which the
+# checkpoint keeps); older ones are acked again and not applied; newer ones (a gap) and frames
+# with a good header but a bad CRC are NACKed once per expected seq; the host resends.  The
+# trainer checkpoints every `every` samples and a session starts from the checkpoint, so after a
+# reset the host resumes from HELLO's last_seq + 1: nothing is lost or applied twice.
+# Keyboard interrupt is off while framing; "\x03\r\x01" (mpremote entering the raw REPL) or a
+# Ctrl-C followed by a second of quiet ends the session, and so does `idle` seconds without a
+# valid frame.  Nothing but frames is written while a session runs.
+
+import struct
+import sys
+
+from . import backend, modelfile
+from .model import load
+from .telemetry import RECORD_SIZE
+from .trainer import Trainer, TrainingError
+from ._compat import collect, mem_free, remove, stat
+
+try:
+    from micropython import kbd_intr
+except ImportError:
+    def kbd_intr(c):
+        pass
+
+try:
+    import select
+except ImportError:
+    select = None
+
+try:
+    from time import ticks_diff, ticks_ms
+except ImportError:
+    from time import monotonic
+
+    def ticks_ms():
+        return int(monotonic() * 1000)
+
+    def ticks_diff(a, b):
+        return a - b
+
+try:
+    import json
+except ImportError:
+    json = None
+
+VERSION = 1
+SYNC = b"\xeb\x90"
+HEAD_FMT = "<HBBi"          # after the sync: length, type, flags, seq; then the u16 header check
+HEAD_SIZE = 12
+OVERHEAD = 16
+HELLO, SAMPLE, ACK, NACK, TELEMETRY, CMD, RESULT, ERROR, BYE = 1, 2, 3, 4, 5, 6, 7, 8, 9
+TYPE_NAMES = ("", "HELLO", "SAMPLE", "ACK", "NACK", "TELEMETRY", "CMD", "RESULT", "ERROR", "BYE")
+F_VALIDATION = 1            # SAMPLE flag
+F_FAILED = 1                # RESULT flag: the command raised
+F_FATAL = 1                 # ERROR flag: the sample was rejected (not applied), the host must stop
+NACK_CRC, NACK_GAP = 1, 2   # NACK flags
+HELLO_FMT = "<BBHBBiiIIHHHb"  # version, native, in_size, classes, max classes, last_seq, ckpt_seq,
+#                               steps, samples, validation samples, checkpoint every, max payload, lr_shift
+ACK_FMT = "<iI"             # ACK/NACK payload: seq of the last checkpoint, steps
+BANNER = b"raw REPL; CTRL-B to exit\r\n"
+TX_SIZE = 512
+TEL_RECORDS = 8
+IBT_MS = 500                # inter-byte timeout inside a frame
+POLL_MS = 200
+
+
+def crc(buf, c=0):
+    return modelfile.crc32(buf, c) & 0xFFFFFFFF
+
+
+def start_check(model, checkpoint, every, idle):
+    """Check value of serve()'s arguments: a start command garbled on the wire raises."""
+    return crc(("%s|%s|%d|%d" % (model, checkpoint, every, idle)).encode()) & 0xFFFF
+
+
+class _State:
+    """What outlives a session in this MicroPython process: the trainer and the link counters."""
+
+    def __init__(self, trainer, key):
+        self.t = trainer
+        self.key = key
+        self.ckpt_seq = trainer.last_seq
+        self.last_cmd = None
+        self.last_reply = None
+        self.session = None
+        self.sessions = self.frames = self.bad = self.dups = self.gaps = self.applied = 0
+        self.ended = ""
+
+
+class Session:
+    def __init__(self, st, every, idle_s):
+        self.st = st
+        t = self.t = st.t
+        self.every = every
+        self.idle = idle_s * 1000
+        self.in_size = n = t.model.in_size
+        self.x = bytearray(n)                 # samples land here: trained on in place, no copy
+        self.xv = memoryview(self.x)
+        self.cap = max(n + 1, 128)
+        self.rx = bytearray(self.cap + 4)
+        self.rxv = memoryview(self.rx)
+        self.tail = bytearray(5)              # label + crc of a sample
+        self.tailv = memoryview(self.tail)
+        self.hdr = bytearray(HEAD_SIZE)
+        self.hdrv = memoryview(self.hdr)
+        self.tx = bytearray(TX_SIZE)
+        self.txv = memoryview(self.tx)
+        self.txn = 0
+        self.tel = bytearray(TEL_RECORDS * RECORD_SIZE)
+        self.telv = memoryview(self.tel)
+        self.teln = 0
+        self.ackp = bytearray(struct.calcsize(ACK_FMT))
+        self.one = bytearray(1)
+        self.onev = memoryview(self.one)
+        self.pb = None                        # bytes pushed back for rescanning
+        self.pbi = 0
+        inp = getattr(sys.stdin, "buffer", sys.stdin)
+        self.rd = inp.readinto
+        self.wr = getattr(sys.stdout, "buffer", sys.stdout).write
+        self.poll = None
+        if select is not None and hasattr(select, "poll"):
+            try:
+                self.poll = select.poll()
+                self.poll.register(sys.stdin, select.POLLIN)
+            except (OSError, TypeError, ValueError, AttributeError):
+                self.poll = None
+        self.closed = False
+        self.nacked = None
+        self.nack_t = 0
+        self.since = 0
+        self.n = self.typ = self.flags = self.seq = 0
+
+    # ---- bytes in ----
+    def _wait(self, ms):
+        return self.poll is None or bool(self.poll.poll(ms))
+
+    def _getc(self, ms):
+        pb = self.pb
+        if pb is not None:
+            c = pb[self.pbi]
+            self.pbi += 1
+            if self.pbi >= len(pb):
+                self.pb = None
+            return c
+        if self.closed or not self._wait(ms):
+            return -1
+        if not self.rd(self.onev):
+            self.closed = True                # stdin at EOF: nobody will talk to us again
+            return -1
+        return self.one[0]
+
+    def _readn(self, mv, n, ms):
+        got = 0
+        while got < n and self.pb is not None:
+            mv[got] = self._getc(0)
+            got += 1
+        while got < n:
+            if self.closed or not self._wait(ms):
+                return got
+            r = self.rd(mv[got:n])
+            if not r:
+                self.closed = True
+                return got
+            got += r
+        return got
+
+    def _ctrl_c(self):
+        """A Ctrl-C between frames: mpremote's "\\r\\x01" after it, or quiet, ends the session."""
+        c = self._getc(1000)
+        if c < 0:
+            return True
+        if c == 13:
+            c2 = self._getc(1000)
+            if c2 < 0:
+                return True
+            if c2 == 1:                       # we ate the Ctrl-A: answer as the raw REPL would
+                self._flush()
+                self._out(BANNER)
+                return True
+            self.pb = bytes((13, c2))
+        else:
+            self.pb = bytes((c,))
+        self.pbi = 0
+        return False
+
+    def _recv(self, ms):
+        """One valid frame: its type; 0 on timeout, -1 when interrupted, -2 for a frame whose
+        header is good but whose payload is not (self.seq is its seq)."""
+        hdr, hv = self.hdr, self.hdrv
+        c = self._getc(ms)
+        while True:
+            if c < 0:
+                return 0
+            if c == 3:
+                if self._ctrl_c():
+                    return -1
+                c = self._getc(IBT_MS)
+                continue
+            if c != 0xEB:
+                c = self._getc(ms)
+                continue
+            c = self._getc(IBT_MS)
+            if c != 0x90:
+                continue                      # look at c again: it may start a sync
+            if self._readn(hv[2:], 10, IBT_MS) < 10:
+                return 0
+            n, typ, flags, seq = struct.unpack_from(HEAD_FMT, hdr, 2)
+            if crc(hv[2:10]) & 0xFFFF != hdr[10] | (hdr[11] << 8) or not 0 < typ <= BYE or n > self.cap:
+                self.st.bad += 1
+                self.pb = bytes(hdr[2:12])    # a false sync: rescan what followed it
+                self.pbi = 0
+                c = self._getc(ms)
+                continue
+            c0 = crc(hv[2:12])
+            if typ == SAMPLE and n == self.in_size + 1:
+                tv = self.tailv
+                ok = self._readn(self.xv, n - 1, IBT_MS) == n - 1 and self._readn(tv, 5, IBT_MS) == 5
+                ok = ok and crc(tv[0:1], crc(self.x, c0)) == struct.unpack_from("<I", self.tail, 1)[0]
+            else:
+                ok = self._readn(self.rxv, n + 4, IBT_MS) == n + 4
+                ok = ok and crc(self.rxv[:n], c0) == struct.unpack_from("<I", self.rx, n)[0]
+            self.n, self.typ, self.flags, self.seq = n, typ, flags, seq
+            if not ok:
+                self.st.bad += 1
+                return -2
+            self.st.frames += 1
+            return typ
+
+    # ---- bytes out ----
+    def _out(self, data):
+        mv = memoryview(data)
+        o = 0
+        stuck = 0
+        while o < len(mv):
+            w = self.wr(mv[o:])
+            if not w:
+                stuck += 1
+                if stuck > 1000:
+                    return
+                continue
+            o += w
+
+    def _flush(self):
+        if self.txn:
+            self._out(self.txv[:self.txn])
+            self.txn = 0
+
+    def _frame(self, typ, seq, payload=None, flags=0):
+        n = len(payload) if payload is not None else 0
+        if n > TX_SIZE - OVERHEAD:
+            n = TX_SIZE - OVERHEAD
+        if self.txn + OVERHEAD + n > TX_SIZE:
+            self._flush()
+        tx, mv, o = self.tx, self.txv, self.txn
+        tx[o] = 0xEB
+        tx[o + 1] = 0x90
+        struct.pack_into(HEAD_FMT, tx, o + 2, n, typ, flags, seq)
+        struct.pack_into("<H", tx, o + 10, crc(mv[o + 2:o + 10]) & 0xFFFF)
+        if n:
+            tx[o + 12:o + 12 + n] = payload[:n] if n < len(payload) else payload
+        struct.pack_into("<I", tx, o + 12 + n, crc(mv[o + 2:o + 12 + n]))
+        self.txn = o + OVERHEAD + n
+
+    def _telemetry(self, rec):               # the trainer's telemetry sink
+        o = self.teln * RECORD_SIZE
+        self.tel[o:o + RECORD_SIZE] = rec
+        self.teln += 1
+        if self.teln >= TEL_RECORDS:
+            self._tel_frame()
+
+    def _tel_frame(self):
+        if self.teln:
+            self._frame(TELEMETRY, self.t.telemetry.head - self.teln, self.telv[:self.teln * RECORD_SIZE])
+            self.teln = 0
+
+    def _ack(self, typ=ACK, flags=0):
+        self._tel_frame()
+        struct.pack_into(ACK_FMT, self.ackp, 0, self.st.ckpt_seq, self.t.steps)
+        self._frame(typ, self.t.last_seq, self.ackp, flags)
+
+    def _nack(self, why):
+        expect = self.t.last_seq + 1
+        now = ticks_ms()
+        if self.nacked == expect and ticks_diff(now, self.nack_t) < 100:
+            return                            # one NACK per gap: the host goes back once
+        self.nacked = expect
+        self.nack_t = now
+        self._ack(NACK, why)
+
+    def _error(self, seq, msg, flags=F_FATAL):
+        self._tel_frame()
+        self._frame(ERROR, seq, msg.encode(), flags)
+
+    def _hello(self):
+        t, st = self.t, self.st
+        m = t.model
+        head = struct.pack(HELLO_FMT, VERSION, 1 if backend.NAME == "native" else 0, m.in_size, m.n_classes,
+                           m.max_classes, t.last_seq, st.ckpt_seq, t.steps, t.samples,
+                           min(t.val_n, t.val_capacity), self.every, self.cap, t.lr_shift)
+        self._frame(HELLO, t.last_seq, head + "\n".join(m.labels).encode())
+
+    # ---- the session ----
+    def run(self):
+        st, t = self.st, self.t
+        st.sessions += 1
+        t.telemetry.sink = self._telemetry
+        self._hello()
+        self._flush()
+        last = ticks_ms()
+        while True:
+            typ = self._recv(POLL_MS)
+            if typ == 0:
+                if self.closed:
+                    return "eof"
+                if self.idle and ticks_diff(ticks_ms(), last) > self.idle:
+                    self._frame(BYE, t.last_seq)
+                    self._flush()
+                    return "idle"
+                continue
+            if typ == -1:
+                return "interrupted"
+            last = ticks_ms()
+            if typ == -2:
+                if self.typ == SAMPLE:
+                    self._nack(NACK_CRC)
+            elif typ == SAMPLE:
+                self._sample()
+            elif typ == HELLO:
+                self._hello()
+            elif typ == CMD:
+                self._command()
+            elif typ == BYE:
+                self._ack()
+                self._frame(BYE, t.last_seq)
+                self._flush()
+                return "bye"
+            if self.teln and not self._wait(0):
+                self._tel_frame()             # quiet line: send what telemetry is waiting
+            self._flush()
+
+    def _sample(self):
+        st, t = self.st, self.t
+        seq = self.seq
+        expect = t.last_seq + 1
+        if seq < expect:
+            st.dups += 1
+            self._ack()
+            return
+        if seq > expect:
+            st.gaps += 1
+            self._nack(NACK_GAP)
+            return
+        if self.n != self.in_size + 1:
+            self._error(seq, "sample of %d bytes, the model takes %d" % (self.n - 1, self.in_size))
+            return
+        label = self.tail[0]
+        if label >= t.model.n_classes:
+            self._error(seq, "label %d, the model has %d classes" % (label, t.model.n_classes))
+            return
+        try:
+            if self.flags & F_VALIDATION:
+                t.add_validation(self.x, label)
+                self._keep_validation(seq, label)
+            else:
+                t.step(self.x, label, seq)
+        except Exception as e:  # noqa: BLE001 - report it, keep the session and the REPL
+            self._error(seq, "%s: %s" % (type(e).__name__, e))
+            return
+        t.last_seq = seq                      # also after a divergence rollback inside step()
+        st.applied += 1
+        self.since += 1
+        if self.every and self.since >= self.every:
+            try:
+                self._checkpoint()
+            except Exception as e:  # noqa: BLE001 - e.g. flash full: the host is told, training goes on
+                self._error(seq, "checkpoint failed: %s: %s" % (type(e).__name__, e), 0)
+        self._ack()
+
+    def _checkpoint(self):
+        self.t.checkpoint()
+        self.st.ckpt_seq = self.t.last_seq
+        self.since = 0
+
+    def _keep_validation(self, seq, label):
+        with open(self.t.ckpt_path + ".val", "ab") as f:
+            f.write(struct.pack("<iB", seq, label))
+            f.write(self.x)
+
+    def _command(self):
+        st, t = self.st, self.t
+        seq = self.seq
+        if seq == st.last_cmd and st.last_reply is not None:
+            flags, payload = st.last_reply    # a resent command: answer again, do not run it again
+        else:
+            flags = 0
+            try:
+                r = self._run(bytes(self.rxv[:self.n]).decode())
+            except Exception as e:  # noqa: BLE001
+                flags, r = F_FAILED, {"error": "%s: %s" % (type(e).__name__, e)}
+            payload = _encode(r)
+            st.last_cmd, st.last_reply = seq, (flags, payload)
+        self._tel_frame()
+        self._frame(RESULT, seq, payload, flags)
+
+    def _run(self, name):
+        t, st = self.t, self.st
+        if name == "checkpoint":
+            self._checkpoint()
+        elif name == "evaluate":
+            acc = t.evaluate()
+            return {"accuracy": acc, "right": t.last_eval[0], "total": t.last_eval[1], "steps": t.steps}
+        elif name == "rollback":
+            t.rollback(reason="host")
+            st.ckpt_seq = t.last_seq
+            self.since = 0
+        elif name == "clear_validation":
+            t.val_n = 0
+            try:
+                remove(t.ckpt_path + ".val")
+            except OSError:
+                pass
+        elif name != "stats":
+            raise ValueError("unknown command %r" % name)
+        return stats()
+
+
+def _encode(r):
+    if json is not None:
+        return json.dumps(r).encode()
+    return ("{" + ", ".join('"%s": %s' % (k, ('"%s"' % v) if isinstance(v, str) else v) for k, v in r.items())
+            + "}").encode()
+
+
+_state = None
+
+
+def trainer():
+    """The trainer of the last session (None before the first): for inspection at the REPL."""
+    return _state.t if _state is not None else None
+
+
+def stats():
+    st = _state
+    if st is None:
+        return {}
+    t = st.t
+    return {"last_seq": t.last_seq, "ckpt_seq": st.ckpt_seq, "steps": t.steps, "samples": t.samples,
+            "lr_shift": t.lr_shift, "val_n": min(t.val_n, t.val_capacity), "sessions": st.sessions,
+            "frames": st.frames, "bad": st.bad, "dups": st.dups, "gaps": st.gaps, "applied": st.applied,
+            "ended": st.ended, "mem_free": mem_free()}
+
+
+def _open(model, checkpoint):
+    global _state
+    try:
+        s = stat(model)
+        key = (model, checkpoint, s[6], s[8])
+    except (OSError, TypeError):
+        key = (model, checkpoint)
+    if _state is not None and _state.key == key:
+        return _state
+    _state = None
+    collect()
+    t = Trainer(load(model), checkpoint_path=checkpoint)
+    try:
+        t.rollback(reason="restart")          # the last good checkpoint (or its .new twin)
+    except TrainingError:
+        pass                                  # none yet: start from the model file
+    st = _State(t, key)
+    _load_validation(t)
+    _state = st
+    return st
+
+
+def _load_validation(t):
+    n = t.model.in_size
+    rec = bytearray(5 + n)
+    prev = -1
+    try:
+        f = open(t.ckpt_path + ".val", "rb")
+    except OSError:
+        return
+    with f:
+        while f.readinto(rec) == len(rec):
+            seq, label = struct.unpack_from("<iB", rec, 0)
+            if prev < seq <= t.last_seq and label < t.model.n_classes:
+                t.add_validation(memoryview(rec)[5:], label)
+                prev = seq
+
+
+def serve(model="model.mtm", checkpoint=None, every=16, idle=60, check=None):
+    """Run one framed session on stdin/stdout until BYE, interrupt or `idle` seconds of silence;
+    returns why it ended.  The trainer stays loaded for the next session in this process."""
+    if checkpoint is None:
+        checkpoint = model.rsplit(".", 1)[0] + ".ckpt"
+    if check is not None and check != start_check(model, checkpoint, every, idle):
+        raise ValueError("start command corrupted in transit")
+    st = _open(model, checkpoint)
+    s = st.session
+    if s is None or s.every != every or s.idle != idle * 1000:
+        st.session = s = None
+        collect()
+        st.session = s = Session(st, every, idle)
+    s.closed = False
+    s.pb = None
+    kbd_intr(-1)
+    try:
+        st.ended = s.run()
+    finally:
+        kbd_intr(3)
+        st.t.telemetry.sink = None
+    return st.ended
