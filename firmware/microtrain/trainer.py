@@ -52,7 +52,7 @@ class Trainer:
         self.train = {}
         for t in plan["train"]:
             l = layers[t["layer"]]
-            if t["cin_hi"] > t["cin_lo"] or t["layer"] == self.classifier:
+            if t["cin_hi"] > t["cin_lo"]:
                 l.w = bytearray(l.w)
             if t["bias"]:
                 l.b = bytearray(l.b)
@@ -400,6 +400,8 @@ class Trainer:
         n = model.n_classes
         if n >= model.max_classes:
             raise TrainingError("the plan reserved room for %d classes" % model.max_classes)
+        if self.classifier not in self.train:
+            raise TrainingError("add_class needs a plan that trains the classifier (its bias at least)")
         layers = model.layers
         c = layers[self.classifier]
         k_in = c.in_size

@@ -197,6 +197,8 @@ class Link:
         self._cmd_id = random.randrange(1, 1 << 30)
         self._up = self._down = 0
         self._in_session = False
+        self._last_rx = 0.0
+        self.quiet = 0.5              # seconds without frames after which a session is probed first
 
     # ---- context ----
     def __enter__(self):
@@ -254,6 +256,8 @@ class Link:
                     data += ser.read(n)
         self._down += len(data)
         frames = self._parser.feed(data) if data else []
+        if frames:
+            self._last_rx = time.monotonic()
         out = []
         for f in frames:
             if f.type == TELEMETRY:
@@ -350,6 +354,15 @@ class Link:
             time.sleep(0.1)
 
     def _ensure(self):
+        """A session that answers: after a quiet spell, ask it first (the board may have been reset
+        meanwhile, and samples must not land in its REPL)."""
+        if self._tr is not None and self._in_session and time.monotonic() - self._last_rx > self.quiet:
+            try:
+                if self._probe(tries=1, wait=max(0.3, min(self.timeout, 1.0))):
+                    return
+            except SERIAL_ERRORS:
+                self._close_port()
+            self._in_session = False
         if self._tr is None or not self._in_session:
             self._reconnect("no session")
 

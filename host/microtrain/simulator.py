@@ -88,12 +88,11 @@ class Simulator:
     # ---- state ----
     def trainable_state(self):
         """Bytes of everything training changes, in the order of the board's checkpoint blobs
-        (weights of layers whose weights train, and the classifier's; trained biases)."""
+        (weights of layers whose weights train; trained biases)."""
         out = bytearray()
-        classifier = len(self.model.layers) - 2
         for t in self.plan.train:
             l = self.model.layers[t.layer]
-            if t.weights or t.layer == classifier:
+            if t.weights:
                 out += np.asarray(l.w, np.int8).tobytes()
             if t.bias:
                 out += np.asarray(l.b, "<i4").tobytes()

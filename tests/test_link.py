@@ -1,0 +1,399 @@
+"""The serial link against a virtual board (the real MicroPython unix port on a pty, used like a
+USB-serial board): bit-exact training over the wire, a faulty line (drops, bit flips,
+duplicates, garbage, delays, reordering, a disconnect), a board killed mid-stream with a torn
+checkpoint, and mpremote against the virtual board."""
+
+import binascii
+import os
+import random
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+import tty
+
+import numpy as np
+import pytest
+
+from microtrain import modelfile, planner, simulator, zoo
+from microtrain.board import link as proto
+from microtrain.board import modelfile as fmt
+from microtrain.link import BYE, HELLO, SAMPLE, FrameParser, Link, frame
+from microtrain.virtualboard import VirtualBoard
+
+from .conftest import DIST, require
+
+MPREMOTE = os.path.join(os.path.dirname(sys.executable), "mpremote")
+LIB = os.path.join(DIST, "lib", "microtrain")
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "firmware", "microtrain")
+
+STATE_CODE = ("import microtrain.link as L, struct, binascii\n"
+              "t = L.trainer()\n"
+              "b = b''.join(bytes(v) for _, v in t._state_blobs()) + struct.pack('<II', t.rng[0], t.steps)\n"
+              "print('STATE', binascii.hexlify(b).decode(), t.last_seq)\n")
+
+
+@pytest.fixture(scope="module")
+def imu():
+    _, model, (Xtr, ytr), (Xte, yte) = zoo.imu_reference(seed=0)
+    plan = planner.plan(model, "sparse")
+    xq = model.quantize_input(Xtr)[:60]
+    y = np.asarray(ytr[:60], int)
+    sim = simulator.Simulator(model, plan)
+    for x, label in zip(xq, y):
+        sim.step(x, int(label))
+    state, rng, steps = sim.trainable_state()
+    xv = model.quantize_input(Xte)[:8]
+    yv = np.asarray(yte[:8], int)
+    right = sum(sim.predict(x)[0] == t for x, t in zip(xv, yv))
+    return {"model": model, "plan": plan, "xq": xq, "y": y, "state": state + struct.pack("<II", rng, steps),
+            "initial": simulator.Simulator(model, plan).trainable_state()[0], "xv": xv, "yv": yv, "right": right}
+
+
+@pytest.fixture
+def board(imu):
+    require(os.path.join(LIB, "link.mpy"), "run `make board-lib`")
+    for name in os.listdir(SRC):
+        if name.endswith(".py") and os.path.getmtime(os.path.join(SRC, name)) > os.path.getmtime(
+                os.path.join(LIB, name[:-3] + ".mpy")):
+            pytest.fail(f"{LIB}/{name[:-3]}.mpy is older than its source: run `make board-lib`")
+    vb = VirtualBoard(heap="192K")
+    try:
+        vb.install(LIB)
+        modelfile.save(vb.path("model.mtm"), imu["model"], imu["plan"])
+        vb.start()
+        yield vb
+    finally:
+        vb.stop()
+    assert not vb.alive
+
+
+def mpremote(port, code, timeout=30):
+    r = subprocess.run([MPREMOTE, "connect", port, "resume", "exec", code], capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, f"mpremote failed: {r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def board_state(port):
+    out = mpremote(port, STATE_CODE)
+    line = [ln for ln in out.splitlines() if ln.startswith("STATE ")][0].split()
+    return binascii.unhexlify(line[1]), int(line[2])
+
+
+def checkpoint_info(path):
+    """(steps, last_seq) of a checkpoint file if it is whole (magic, version, CRC), else None."""
+    try:
+        data = open(path, "rb").read()
+    except OSError:
+        return None
+    hs = struct.calcsize("<4sHHIIiiIH")
+    if len(data) < hs + 4:
+        return None
+    magic, ver, _, steps, samples, seq, lr, rng, n = struct.unpack_from("<4sHHIIiiIH", data, 0)
+    if magic != b"MTCK" or fmt.crc32(data[:-4], 0) & 0xFFFFFFFF != struct.unpack_from("<I", data, len(data) - 4)[0]:
+        return None
+    return steps, seq
+
+
+# ---------------------------------------------------------------------------------------------
+# frames (no board)
+
+
+def test_frame_parser_resynchronises_after_garbage_and_corruption():
+    rng = random.Random(1)
+    frames = [frame(SAMPLE, i, bytes(rng.randrange(256) for _ in range(40)) + b"\x01") for i in range(50)]
+    wire = bytearray()
+    for i, f in enumerate(frames):
+        f = bytearray(f)
+        if i % 7 == 3:
+            f[rng.randrange(len(f))] ^= 1 << rng.randrange(8)        # corrupted: dropped by the CRC
+        if i % 5 == 0:
+            wire += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 30))) + proto.SYNC[:1]
+        wire += f
+    p = FrameParser()
+    got = []
+    for o in range(0, len(wire), 13):                                  # arbitrary chunking
+        got += p.feed(wire[o:o + 13])
+    seqs = [f.seq for f in got]
+    assert seqs == [i for i in range(50) if i % 7 != 3]
+    assert all(f.payload == frames[f.seq][12:-4] for f in got)
+    assert p.bad >= 7 - 1
+    assert len(frame(HELLO, 5)) == proto.OVERHEAD
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) bit-exact over the wire
+
+
+def test_stream_trains_bit_identically_to_the_simulator(board, imu):
+    with Link(board.port, checkpoint_every=16, timeout=0.5) as link:
+        assert link.hello["version"] == proto.VERSION and link.hello["in_size"] == 600
+        assert link.hello["last_seq"] == -1 and link.hello["steps"] == 0 and link.hello["native"]
+        assert link.hello["labels"] == list(imu["model"].labels)
+        seen = []
+        st = link.stream(imu["xq"], imu["y"], progress=lambda done, total: seen.append(done))
+        assert st["samples"] == 60 and st["retransmissions"] == 0 and st["reconnects"] == 0
+        assert seen[-1] == 60 and seen == sorted(seen)
+        assert st["steps"] == 60 and link.last_seq == 59 and link.ckpt_seq == 59
+        assert 0.9 < st["uplink_efficiency"] < 1 and 0.8 < st["payload_efficiency"] < 1
+        print(f"\nthroughput: {st['samples_per_s']:.0f} samples/s, {st['bytes_per_sample']:.0f} wire bytes/sample, "
+              f"payload efficiency {st['payload_efficiency']:.3f} (uplink {st['uplink_efficiency']:.3f})")
+        # validation samples are stored, not trained on; evaluate() on the board == the simulator
+        sv = link.stream(imu["xv"], imu["yv"], validation=True)
+        assert sv["steps"] == 60 and link.last_seq == 67
+        r = link.command("evaluate")
+        assert (r["right"], r["total"]) == (imu["right"], 8)
+        tel = link.telemetry()
+        steps = [t for t in tel if t["kind"] == "step"]
+        assert [t["step"] for t in steps] == list(range(1, 61))
+        assert any(t["kind"] == "checkpoint" for t in tel) and tel[-1]["kind"] == "evaluate"
+    state, last = board_state(board.port)
+    assert last == 67
+    assert state[-8:] == imu["state"][-8:], "PRNG state or step counter differ"
+    assert state == imu["state"], "trainable weights differ from the simulator"
+    assert state[:-8] != imu["initial"]
+    assert checkpoint_info(board.path("model.ckpt")) == (60, 67)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) a faulty line
+
+
+class FaultProxy:
+    """A pty pair between the host and a port, forwarding bytes with random drops, bit flips,
+    duplicates, garbage bursts, delays and swapped chunks; disconnect() closes the host's pty
+    (like pulling the cable) and opens a new one behind the same symlink."""
+
+    def __init__(self, target, link, seed=0, drop=2e-4, flip=2e-4, dup=2e-4, garbage=0.02, delay=0.05,
+                 reorder=0.01):
+        self.rng = random.Random(seed)
+        self.p = (drop, flip, dup)
+        self.garbage, self.delay, self.reorder = garbage, delay, reorder
+        self.counts = dict(dropped=0, flipped=0, duplicated=0, garbage=0, delayed=0, reordered=0, disconnects=0)
+        self.link = link
+        self.tfd = os.open(target, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        tty.setraw(self.tfd)
+        self.lock = threading.Lock()
+        self.queues = {"up": [], "down": []}     # [release time, bytes]
+        self._new_pty()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _new_pty(self):
+        m, s = os.openpty()
+        tty.setraw(s)
+        os.set_blocking(m, False)
+        self.m, self.s = m, s
+        tmp = self.link + ".tmp"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(os.ttyname(s), tmp)
+        os.replace(tmp, self.link)
+
+    def disconnect(self, seconds):
+        with self.lock:
+            os.close(self.m)
+            os.close(self.s)
+            self.m = None
+            self.queues["down"].clear()
+            self.counts["disconnects"] += 1
+        time.sleep(seconds)
+        with self.lock:
+            self._new_pty()
+
+    def _mangle(self, data):
+        rng, (drop, flip, dup) = self.rng, self.p
+        out = bytearray()
+        for b in data:
+            r = rng.random()
+            if r < drop:
+                self.counts["dropped"] += 1
+                continue
+            if r < drop + flip:
+                b ^= 1 << rng.randrange(8)
+                self.counts["flipped"] += 1
+            elif r < drop + flip + dup:
+                out.append(b)
+                self.counts["duplicated"] += 1
+            out.append(b)
+        if rng.random() < self.garbage:
+            at = rng.randrange(len(out) + 1)
+            out[at:at] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 24)))
+            self.counts["garbage"] += 1
+        return bytes(out)
+
+    def _queue(self, direction, data):
+        q = self.queues[direction]
+        now = time.monotonic()
+        t = now
+        if self.rng.random() < self.delay:
+            t += self.rng.uniform(0, 0.05)
+            self.counts["delayed"] += 1
+        if q:
+            t = max(t, q[-1][0])
+        if q and self.rng.random() < self.reorder:
+            q.insert(len(q) - 1, [t, data])                     # overtakes the previous chunk
+            self.counts["reordered"] += 1
+        else:
+            q.append([t, data])
+
+    def _run(self):
+        while not self.stopping:
+            with self.lock:
+                m = self.m
+            fds = [self.tfd] + ([m] if m is not None else [])
+            try:
+                r, _, _ = select.select(fds, [], [], 0.005)
+            except (OSError, ValueError):
+                continue
+            with self.lock:
+                if m is not None and m != self.m:
+                    continue
+                for fd, direction in ((m, "up"), (self.tfd, "down")):
+                    if fd is not None and fd in r:
+                        try:
+                            data = os.read(fd, 4096)
+                        except OSError:
+                            data = b""
+                        if data and (direction == "up" or self.m is not None):
+                            self._queue(direction, self._mangle(data))
+                now = time.monotonic()
+                for direction, fd in (("up", self.tfd), ("down", self.m)):
+                    q = self.queues[direction]
+                    while q and q[0][0] <= now and fd is not None:
+                        try:
+                            n = os.write(fd, q[0][1])
+                        except (BlockingIOError, OSError):
+                            break
+                        if n < len(q[0][1]):
+                            q[0][1] = q[0][1][n:]
+                            break
+                        q.pop(0)
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(timeout=5)
+        with self.lock:
+            for fd in (self.tfd, self.m, self.s):
+                if fd is not None:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+        if os.path.lexists(self.link):
+            os.unlink(self.link)
+
+
+def test_faulty_line_loses_and_repeats_nothing(board, imu, tmp_path):
+    proxy = FaultProxy(board.port, str(tmp_path / "ttyFAULT"), seed=7)
+    try:
+        cut = []
+
+        def progress(done, total):
+            if done >= 30 and not cut:                # pull the cable mid-stream
+                cut.append(threading.Thread(target=proxy.disconnect, args=(0.6,)))
+                cut[0].start()
+
+        with Link(proxy.link, checkpoint_every=10, window=4, timeout=0.3, retries=3, reconnect_timeout=30) as link:
+            st = link.stream(imu["xq"], imu["y"], progress=progress)
+            cut[0].join()
+            assert st["samples"] == 60 and link.last_seq == 59
+            stats = link.command("stats")
+        print(f"\nfaults: {proxy.counts}\nlink: retransmissions {st['retransmissions']}, timeouts {st['timeouts']}, "
+              f"nacks {st['nacks']}, reconnects {st['reconnects']}, bad frames {st['bad_frames']}, "
+              f"{st['samples_per_s']:.0f} samples/s, payload efficiency {st['payload_efficiency']:.3f}")
+        assert proxy.counts["disconnects"] == 1 and st["reconnects"] >= 1
+        assert sum(proxy.counts[k] for k in ("dropped", "flipped", "duplicated", "garbage")) > 10
+        assert st["retransmissions"] > 0
+        assert stats["applied"] == 60 and stats["steps"] == 60 and stats["last_seq"] == 59
+    finally:
+        proxy.close()
+    # the board never crashed or reset, applied every sample exactly once, and sits at its REPL
+    assert board.alive and board.exits == [] and board.starts == 1
+    state, last = board_state(board.port)
+    assert last == 59
+    assert state == imu["state"], "the faulty line changed what the board learned"
+    assert mpremote(board.port, "print(1+1)").strip() == "2"
+    assert mpremote(board.port, "import microtrain.link as L; print(L.stats()['ended'])").strip() == "bye"
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) the board dies mid-stream
+
+
+def test_board_killed_mid_stream_resumes_from_its_checkpoint(board, imu):
+    xq, y = imu["xq"], imu["y"]
+    done_at_kill = {}
+    restarter = []
+
+    def kill_at(n):
+        def progress(done, total):
+            if done >= n and not done_at_kill:
+                board.kill()                                   # power cut during streaming
+                done_at_kill["done"] = done
+                ck = checkpoint_info(board.path("model.ckpt"))
+                done_at_kill["ckpt"] = ck
+                # a torn write of the next checkpoint, as a reset during checkpoint() leaves it
+                whole = open(board.path("model.ckpt"), "rb").read()
+                open(board.path("model.ckpt.new"), "wb").write(whole[:len(whole) // 2])
+                restarter.append(threading.Timer(0.8, board.start))
+                restarter[-1].start()
+        return progress
+
+    with Link(board.port, checkpoint_every=10, window=8, timeout=0.3, retries=2, reconnect_timeout=30) as link:
+        st1 = link.stream(xq[:40], y[:40], progress=kill_at(25))
+        restarter[0].join()
+        steps, seq = done_at_kill["ckpt"]
+        assert seq in (19, 29) and steps == seq + 1, "the last good checkpoint is not intact"
+        assert st1["reconnects"] >= 1 and st1["resumed_from"][-1] == seq + 1
+        assert any(h["last_seq"] == seq and h["steps"] == seq + 1 for h in link.hellos[1:])
+        assert link.last_seq == 39 and link.ckpt_seq == 39                  # checkpointed at the end
+        board.kill()                                                           # right after a checkpoint
+        board.start()
+        st2 = link.stream(xq[40:], y[40:])
+        assert st2["resumed_from"] == [40]                                     # nothing sent twice
+        assert link.last_seq == 59 and link.steps == 60
+    assert (board.starts, board.exits) == (3, [])
+    state, last = board_state(board.port)
+    assert last == 59
+    assert state == imu["state"], "a sample was lost or applied twice across the resets"
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) mpremote against the virtual board
+
+
+def test_mpremote_works_against_the_virtual_board(board):
+    assert mpremote(board.port, "import microtrain; print(microtrain.__version__, microtrain.backend.NAME)").split() \
+        == ["0.1.0", "native"]
+    out = subprocess.run([MPREMOTE, "connect", board.port, "resume", "fs", "ls", ":"], capture_output=True,
+                         text=True, timeout=30).stdout
+    assert "model.mtm" in out
+    # Ctrl-D / sys.exit() ends the unix port where a board resets: detected, restarted, same port
+    port = board.port
+    subprocess.run([MPREMOTE, "connect", port, "resume", "exec", "import sys; sys.exit(3)"], capture_output=True,
+                   timeout=30)
+    assert board.wait_alive() and board.exits == [3] and board.port == port
+    assert mpremote(port, "print(6*7)").strip() == "42"
+    board.restart()
+    assert mpremote(port, "import gc; print(gc.mem_free() > 100000)").strip() == "True"
+
+
+def test_link_interrupted_by_mpremote_and_host_errors_leave_a_usable_repl(board, imu):
+    link = Link(board.port, timeout=0.5)
+    link.open()
+    link.stream(imu["xq"][:5], imu["y"][:5], checkpoint=False)
+    # the host goes away without BYE; mpremote's Ctrl-C + Ctrl-A ends the session at once
+    link._close_port()
+    assert mpremote(board.port, "import microtrain.link as L; print(L.stats()['ended'], L.stats()['steps'])").split() \
+        == ["interrupted", "5"]
+    # a rejected sample raises on the host, the session stays, close() leaves the REPL usable
+    with pytest.raises(ValueError):
+        with Link(board.port, timeout=0.5) as link:
+            assert link.hello["last_seq"] == 4                       # same process: the trainer stayed
+            link.stream([b"\x00" * 10], [0])
+    assert mpremote(board.port, "print('ok')").strip() == "ok"
