@@ -11,8 +11,7 @@ from microtrain.quant import quantize_multipliers
 
 def float_conv_grads(g, x_real, w_real, g_real):
     """dL/dx and dL/dW of L = sum(g_real * conv(x_real, w_real)) in float64."""
-    cols = ref.im2col(g, np.zeros(x_real.shape), 0).astype(float)   # shape only
-    # im2col of the real input: reuse the integer im2col on an exact scaled copy
+    # im2col of the real input: the integer im2col on an exactly scaled copy
     scale = 1 << 20
     cols = ref.im2col(g, np.round(x_real * scale).astype(np.int64), 0).reshape(g.positions, -1) / scale
     G = g_real.reshape(g.positions, g.out_c)
