@@ -70,8 +70,8 @@ F_VALIDATION = 1            # SAMPLE flag
 F_FAILED = 1                # RESULT flag: the command raised
 F_FATAL = 1                 # ERROR flag: the sample was rejected (not applied), the host must stop
 NACK_CRC, NACK_GAP = 1, 2   # NACK flags
-HELLO_FMT = "<BBHBBiiIIHHHb"  # version, native, in_size, classes, max classes, last_seq, ckpt_seq,
-#                               steps, samples, validation samples, checkpoint every, max payload, lr_shift
+HELLO_FMT = "<BBHBBiiIIHHHbi"  # version, native, in_size, classes, max classes, last_seq, ckpt_seq, steps,
+#                   samples, validation samples, checkpoint every, max payload, lr_shift, request (its seq; 0: unasked)
 ACK_FMT = "<iI"             # ACK/NACK payload: seq of the last checkpoint, steps
 BANNER = b"raw REPL; CTRL-B to exit\r\n"
 TX_SIZE = 512
@@ -119,6 +119,7 @@ class Session:
         self.tailv = memoryview(self.tail)
         self.hdr = bytearray(HEAD_SIZE)
         self.hdrv = memoryview(self.hdr)
+        self.hv2 = self.hdrv[2:]
         self.tx = bytearray(TX_SIZE)
         self.txv = memoryview(self.tx)
         self.txn = 0
@@ -134,10 +135,12 @@ class Session:
         self.rd = inp.readinto
         self.wr = getattr(sys.stdout, "buffer", sys.stdout).write
         self.poll = None
+        self.ipoll = False
         if select is not None and hasattr(select, "poll"):
             try:
                 self.poll = select.poll()
                 self.poll.register(sys.stdin, select.POLLIN)
+                self.ipoll = hasattr(self.poll, "ipoll")
             except (OSError, TypeError, ValueError, AttributeError):
                 self.poll = None
         self.closed = False
@@ -148,7 +151,14 @@ class Session:
 
     # ---- bytes in ----
     def _wait(self, ms):
-        return self.poll is None or bool(self.poll.poll(ms))
+        p = self.poll
+        if p is None:
+            return True
+        if self.ipoll:
+            for _ in p.ipoll(ms):            # allocation-free on MicroPython
+                return True
+            return False
+        return bool(p.poll(ms))
 
     def _getc(self, ms):
         pb = self.pb
@@ -170,10 +180,11 @@ class Session:
         while got < n and self.pb is not None:
             mv[got] = self._getc(0)
             got += 1
+        whole = len(mv) == n
         while got < n:
             if self.closed or not self._wait(ms):
                 return got
-            r = self.rd(mv[got:n])
+            r = self.rd(mv if whole and not got else mv[got:n])
             if not r:
                 self.closed = True
                 return got
@@ -218,7 +229,7 @@ class Session:
             c = self._getc(IBT_MS)
             if c != 0x90:
                 continue                      # look at c again: it may start a sync
-            if self._readn(hv[2:], 10, IBT_MS) < 10:
+            if self._readn(self.hv2, 10, IBT_MS) < 10:
                 return 0
             n, typ, flags, seq = struct.unpack_from(HEAD_FMT, hdr, 2)
             if crc(hv[2:10]) & 0xFFFF != hdr[10] | (hdr[11] << 8) or not 0 < typ <= BYE or n > self.cap:
@@ -244,8 +255,10 @@ class Session:
 
     # ---- bytes out ----
     def _out(self, data):
+        o = self.wr(data) or 0
+        if o >= len(data):
+            return
         mv = memoryview(data)
-        o = 0
         stuck = 0
         while o < len(mv):
             w = self.wr(mv[o:])
@@ -307,12 +320,12 @@ class Session:
         self._tel_frame()
         self._frame(ERROR, seq, msg.encode(), flags)
 
-    def _hello(self):
+    def _hello(self, req=0):
         t, st = self.t, self.st
         m = t.model
         head = struct.pack(HELLO_FMT, VERSION, 1 if backend.NAME == "native" else 0, m.in_size, m.n_classes,
                            m.max_classes, t.last_seq, st.ckpt_seq, t.steps, t.samples,
-                           min(t.val_n, t.val_capacity), self.every, self.cap, t.lr_shift)
+                           min(t.val_n, t.val_capacity), self.every, self.cap, t.lr_shift, req)
         self._frame(HELLO, t.last_seq, head + "\n".join(m.labels).encode())
 
     # ---- the session ----
@@ -342,7 +355,7 @@ class Session:
             elif typ == SAMPLE:
                 self._sample()
             elif typ == HELLO:
-                self._hello()
+                self._hello(self.seq)
             elif typ == CMD:
                 self._command()
             elif typ == BYE:
@@ -422,6 +435,13 @@ class Session:
         t, st = self.t, self.st
         if name == "checkpoint":
             self._checkpoint()
+        elif name == "telemetry":            # what the ring still holds, re-sent
+            tel = t.telemetry
+            first = max(0, tel.head - tel.capacity)
+            for i in range(first, tel.head):
+                off = (i % tel.capacity) * RECORD_SIZE
+                self._frame(TELEMETRY, i, memoryview(tel.buf)[off:off + RECORD_SIZE])
+            return {"records": tel.head - first}
         elif name == "evaluate":
             acc = t.evaluate()
             return {"accuracy": acc, "right": t.last_eval[0], "total": t.last_eval[1], "steps": t.steps}

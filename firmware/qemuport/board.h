@@ -46,10 +46,7 @@ void board_flash_program(uint32_t addr, const uint32_t *words, size_t n_words);
 uintptr_t board_fs_start(void);
 uintptr_t board_fs_end(void);
 
-// Interrupt handlers installed in the vector table (startup.c).
-void board_uart_irq(void);
-void board_timer_irq(void);
-extern const uint8_t board_uart_irqn;
-extern const uint8_t board_timer_irqn;
+// Called by the vector table (startup.c) for external interrupt `irq` (0-31).
+void board_irq(uint32_t irq);
 
 #endif // MICROPY_INCLUDED_QEMUPORT_BOARD_H

@@ -54,8 +54,9 @@
 
 #define NVIC_ISER           REG(0xE000E100u)
 
-const uint8_t board_uart_irqn = 2;
-const uint8_t board_timer_irqn = 8;
+#define UART_IRQ 2
+#define TIMER_IRQ 8
+
 const uint32_t board_flash_page_size = 1024;
 const uint32_t board_time_res_ns = 63;  // 62.5 ns: one tick of a 16 MHz timer
 
@@ -87,7 +88,7 @@ void board_init(void) {
     UART_STARTRX = 1;
     UART_INTENSET = UART_INT_RXDRDY | UART_INT_ERROR;
 
-    NVIC_ISER = (1u << board_uart_irqn) | (1u << board_timer_irqn);
+    NVIC_ISER = (1u << UART_IRQ) | (1u << TIMER_IRQ);
 }
 
 /******************************************************************************/
@@ -104,7 +105,7 @@ void board_uart_write(const char *buf, size_t len) {
     }
 }
 
-void board_uart_irq(void) {
+static void uart_irq(void) {
     if (UART_EVENTS_ERROR) {
         UART_EVENTS_ERROR = 0;
         UART_ERRORSRC = 0xF;
@@ -149,7 +150,7 @@ uint64_t board_time_ns(void) {
     return (ticks() * 125u) >> 1;
 }
 
-void board_timer_irq(void) {
+static void timer_irq(void) {
     if (TIMER_EVENTS_COMPARE(1)) {
         TIMER_EVENTS_COMPARE(1) = 0;
         ++timer_high;
@@ -157,6 +158,14 @@ void board_timer_irq(void) {
     if (TIMER_EVENTS_COMPARE(2)) {
         TIMER_EVENTS_COMPARE(2) = 0;
         TIMER_INTENCLR = TIMER_INT_COMPARE(2);
+    }
+}
+
+void board_irq(uint32_t irq) {
+    if (irq == UART_IRQ) {
+        uart_irq();
+    } else if (irq == TIMER_IRQ) {
+        timer_irq();
     }
 }
 

@@ -60,7 +60,7 @@ static void init_sys_path(void) {
     #if MICROPY_MODULE_FROZEN
     mp_obj_list_append(mp_sys_path, MP_OBJ_NEW_QSTR(MP_QSTR__dot_frozen));
     #endif
-    mp_obj_list_append(mp_sys_path, MP_OBJ_NEW_QSTR(MP_QSTR__slash_lib));
+    mp_obj_list_append(mp_sys_path, mp_obj_new_str("/lib", 4));
     mp_obj_list_init(MP_OBJ_TO_PTR(mp_sys_argv), 0);
 }
 
@@ -101,7 +101,6 @@ int main(void) {
             }
         }
 
-        flashfs_close_all();
         gc_sweep_all();
         mp_deinit();
         mp_hal_stdout_tx_str("MPY: soft reboot\r\n");

@@ -24,6 +24,8 @@
 #define MICROPY_EMIT_INLINE_THUMB               (0)
 #endif
 #define MICROPY_PERSISTENT_CODE_LOAD            (1)
+// Native code (emitted, or loaded from a .mpy) is Thumb: calls need the low address bit.
+#define MICROPY_MAKE_POINTER_CALLABLE(p)        ((void *)((mp_uint_t)(p) | 1))
 #define MICROPY_READER_VFS                      (1)   // mp_reader_new_file() is flashfs.c's
 
 // Memory: one GC heap between the end of .bss and the stack (see the linker script).
@@ -114,6 +116,7 @@
 typedef intptr_t mp_int_t;   // must be pointer size
 typedef uintptr_t mp_uint_t; // must be pointer size
 typedef long mp_off_t;
+#define MP_SSIZE_MAX (0x7fffffff)
 
 #define MP_STATE_PORT MP_STATE_VM
 

@@ -17,8 +17,7 @@ void HardFault_Handler(void) __attribute__((naked));
 
 static void irq_dispatch(void);
 
-// 16 system exceptions + 32 interrupts (the nRF51 has 32; the MPS2 UART/timer IRQs are
-// below 32 as well).
+// 16 system exceptions + 32 interrupts (the nRF51 and the MPS2 AN385 have 32).
 __attribute__((section(".isr_vector"), used))
 const void *const isr_vector[16 + 32] = {
     &_estack,
@@ -40,12 +39,7 @@ const void *const isr_vector[16 + 32] = {
 static void irq_dispatch(void) {
     uint32_t ipsr;
     __asm volatile ("mrs %0, ipsr" : "=r" (ipsr));
-    uint32_t irq = (ipsr & 0x1FF) - 16;
-    if (irq == board_uart_irqn) {
-        board_uart_irq();
-    } else if (irq == board_timer_irqn) {
-        board_timer_irq();
-    }
+    board_irq((ipsr & 0x1FF) - 16);
 }
 
 void Default_Handler(void) {

@@ -62,7 +62,7 @@ def boards(probe):
             try:
                 with Session(dev) as s:
                     i = s.info()
-                line += f"  MicroPython {i['version']} arch {i['arch']}"
+                line += f"  {i['version'].split(';')[-1].strip()}, arch {i['arch']}"
             except BoardError as e:
                 line += f"  ({e})"
         click.echo(line)
@@ -155,7 +155,7 @@ def push(model, port, name, force):
             written, backend, info = install(s, _dist(), data, name, log=click.echo)
     except BoardError as e:
         _fail(str(e))
-    click.echo(f"{port}: MicroPython {info['version']}, arch {info['arch']}, backend {backend}")
+    click.echo(f"{port}: {info['version'].split(';')[-1].strip()}, arch {info['arch']}, backend {backend}")
     click.echo(f"wrote {len(written)} files ({', '.join(written) or 'all up to date'}) in {time.time() - t0:.1f} s")
 
 
@@ -230,10 +230,11 @@ def train_cmd(data, port, model_path, label, validation, epochs, name):
     from rich.progress import Progress
     with Link(port, name) as link, Progress() as bar:
         task = bar.add_task("validation" if validation else "training", total=len(x) * epochs)
-        for _ in range(epochs):
-            stats = link.stream(x, y, validation=validation, progress=lambda n: bar.update(task, completed=n))
+        for e in range(epochs):
+            stats = link.stream(x, y, validation=validation,
+                                progress=lambda done, total, e=e: bar.update(task, completed=e * len(x) + done))
     click.echo(f"{stats['samples']} samples, {stats['samples_per_s']:.1f} samples/s, "
-               f"{stats['wire_bytes_per_sample']:.0f} bytes/sample on the wire "
+               f"{stats['bytes_per_sample']:.0f} bytes/sample on the wire "
                f"({100 * stats['payload_efficiency']:.0f}% payload), {stats['retransmissions']} retransmissions")
 
 
@@ -323,8 +324,12 @@ def plot_records(records, path):
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     if evals:
+        by_step = {}
+        for r in evals:                  # an evaluation in several chunks: their mean
+            by_step.setdefault(r["step"], []).append(r["value"])
         ax2 = ax.twinx()
-        ax2.plot([r["step"] for r in evals], [r["value"] for r in evals], "o-", color="tab:green", label="validation accuracy")
+        ax2.plot(list(by_step), [sum(v) / len(v) for v in by_step.values()], "o-", color="tab:green",
+                 label="validation accuracy")
         ax2.set_ylim(0, 1)
         ax2.set_ylabel("accuracy")
     for r in records:
@@ -341,16 +346,18 @@ def plot_records(records, path):
 @_port_option
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), required=True,
               help="The model file that was pushed (the trained tensors are written into a copy).")
-@click.option("--checkpoint", default="microtrain.ckpt", show_default=True, help="Checkpoint file on the board.")
+@click.option("--checkpoint", help="Checkpoint file on the board (default: the model's name with .ckpt).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Where to write: .mtm (model file), .npz (trained tensors), .onnx (not supported: see docs).")
 @click.option("--delta", is_flag=True, help="With .npz: only the change of each trained tensor.")
-def pull(port, model_path, checkpoint, output, delta):
+@click.option("--name", default="model.mtm", show_default=True, help="The model file on the board.")
+def pull(port, model_path, checkpoint, output, delta, name):
     """Bring back the trained weights from the board's last checkpoint."""
     import numpy as np
     from . import modelfile
     from .board_io import BoardError, Session, apply_checkpoint, parse_checkpoint
     port = _need_port(port)
+    checkpoint = checkpoint or name.rsplit(".", 1)[0] + ".ckpt"
     try:
         with Session(port) as s:
             if not s.exists(checkpoint):
@@ -394,7 +401,7 @@ def pull(port, model_path, checkpoint, output, delta):
 def evaluate(data, model_path, port, simulate, name):
     """Accuracy of the model on labelled samples, on the board or in the host simulator."""
     from .modelfile import load
-    model, _ = load(model_path)
+    model, plan = load(model_path)
     x, y = load_samples(data, model if model.input_scale else None)
     if simulate:
         import numpy as np
@@ -402,8 +409,9 @@ def evaluate(data, model_path, port, simulate, name):
         right = sum(int(np.argmax(forward(model, xi))) == int(yi) for xi, yi in zip(x, y))
     else:
         from .link import Link
+        cap = plan["buffers"]["val_y"][1] if plan else 8
         with Link(_need_port(port), name) as link:
-            right = link.evaluate(x, y)
+            right = link.evaluate(x, y, cap)
     click.echo(f"accuracy {right}/{len(y)} = {right / len(y):.3f} ({'simulator' if simulate else 'board'})")
 
 
@@ -456,13 +464,15 @@ def virtual_board(board_name, flash_dir):
 
 @main.command()
 @_port_option
-@click.option("--steps", default=2, show_default=True, help="Epochs over the device's training samples.")
+@click.option("--epochs", default=3, show_default=True, help="Epochs over the device's training samples.")
 @click.option("--png", type=click.Path(dir_okay=False), help="Also plot the training telemetry.")
-def demo(port, steps, png):
+def demo(port, epochs, png):
     """The whole loop: (virtual) board, pretrained model, convert, push, stream, train, telemetry,
     accuracy before/after, pull — on BasicMotions IMU data seen through a new "device"."""
     from .demo import run_demo
-    run_demo(port, epochs=steps, png=png, echo=click.echo)
+    result = run_demo(port, epochs=epochs, png=png, echo=click.echo)
+    if not result["bit_identical"]:
+        _fail("the board's weights differ from the host simulation")
 
 
 if __name__ == "__main__":

@@ -19,17 +19,17 @@ from . import board_io, datasets, modelfile, planner, simulator, unixport
 
 EXAMPLES = os.path.join(unixport.repo_root(), "examples")
 PRETRAINED = os.path.join(EXAMPLES, "imu_basic_motions.onnx")
-DEVICE_SEED = 7
+DEVICE_SEED = 3
 
 
 def demo_data():
     X, y, names = datasets.load_basic_motions()
     (Xp, yp), (Xf, yf), (Xt, yt) = datasets.split(X, y, [0.5, 0.25, 0.25], seed=0)
-    shift = lambda A: datasets.shift_imu(A, DEVICE_SEED, max_deg=90, gain_sd=0.3)[0]   # noqa: E731
+    shift = lambda A: datasets.shift_imu(A, DEVICE_SEED, max_deg=180, gain_sd=0.5)[0]   # noqa: E731
     return (Xp, yp), (shift(Xf), yf), (shift(Xt), yt), names
 
 
-def run_demo(port=None, epochs=2, png=None, echo=print):
+def run_demo(port=None, epochs=3, png=None, echo=print):
     from .link import Link
     from .virtualboard import VirtualBoard
     t_start = time.time()
@@ -50,25 +50,26 @@ def run_demo(port=None, epochs=2, png=None, echo=print):
         plan = planner.plan(model, "sparse", lr=0.05, word_bytes=8 if vb else 4)
         path = os.path.join(work, "imu.mtm")
         modelfile.save(path, model, plan)
-        echo(f"[2/7] converted {os.path.relpath(PRETRAINED)}: {model.macs} MACs, plan '{plan.policy}' trains "
+        echo(f"[2/7] converted examples/{os.path.basename(PRETRAINED)}: {model.macs} MACs, plan '{plan.policy}' trains "
              f"{sum(t.n_params(model.layers[t.layer]) for t in plan.train)} parameters, peak RAM {plan.peak_bytes} B")
         with board_io.Session(port) as s:
             written, backend, info = board_io.install(s, unixport.dist_dir(), open(path, "rb").read(), "model.mtm",
                                                       log=echo)
-        echo(f"[3/7] pushed {len(written)} files to MicroPython {info['version'].split()[0]} ({info['arch']}), "
+        echo(f"[3/7] pushed {len(written)} files to {info['version'].split(';')[-1].strip()} ({info['arch']}), "
              f"backend {backend}")
         xf, xt = model.quantize_input(Xf.reshape(len(Xf), -1)), model.quantize_input(Xt.reshape(len(Xt), -1))
+        cap = plan.buffers["val_y"].size
         with Link(port, "model.mtm") as link:
-            before = link.evaluate(xt, yt)
+            before = link.evaluate(xt, yt, cap)
             echo(f"[4/7] accuracy of the pretrained model on this device: {before}/{len(yt)} = {before / len(yt):.2f}")
             t0 = time.time()
             for e in range(epochs):
                 stats = link.stream(xf, yf)
             echo(f"[5/7] streamed {epochs} x {len(xf)} samples: {stats['samples_per_s']:.0f} samples/s, "
-                 f"{stats['wire_bytes_per_sample']:.0f} B/sample on the wire, {stats['retransmissions']} retransmissions "
+                 f"{stats['bytes_per_sample']:.0f} B/sample on the wire, {stats['retransmissions']} retransmissions "
                  f"({time.time() - t0:.1f} s)")
             link.command("checkpoint")
-            after = link.evaluate(xt, yt)
+            after = link.evaluate(xt, yt, cap)
             records = link.telemetry()
         steps = [r for r in records if r["kind"] == "step"]
         if steps:
@@ -83,7 +84,7 @@ def run_demo(port=None, epochs=2, png=None, echo=print):
             plot_records(records, png)
         # pull and check against the host simulation of the same samples
         with board_io.Session(port) as s:
-            ck = board_io.parse_checkpoint(s.get("microtrain.ckpt"))
+            ck = board_io.parse_checkpoint(s.get("model.ckpt"))
         sim = simulator.Simulator(model, plan)
         for _ in range(epochs):
             for x, y in zip(xf, yf):

@@ -94,7 +94,7 @@ class QModel:
         for i, l in enumerate(self.layers):
             if l.in_size != size:
                 raise ValueError(f"layer {i} ({l.op}) expects {l.in_size} inputs, the previous layer gives {size}")
-            if l.z_x != z or not np.isclose(l.s_x, s, rtol=1e-6):
+            if l.z_x != z or (l.s_x is not None and s is not None and not np.isclose(l.s_x, s, rtol=1e-6)):
                 raise ValueError(f"layer {i} ({l.op}) input quantization ({l.s_x}, {l.z_x}) != previous output ({s}, {z})")
             if l.op in PARAMETRIC:
                 if l.w is None or l.mult is None:

@@ -20,6 +20,8 @@ reset) - streaming resumes right after it.  close() always leaves the board at t
 REPL: BYE, or interrupt the session, then leave the raw REPL.
 """
 
+import contextlib
+import io
 import json
 import random
 import struct
@@ -39,7 +41,7 @@ HELLO, SAMPLE, ACK, NACK, TELEMETRY, CMD, RESULT, ERROR, BYE = (proto.HELLO, pro
                                                                proto.TELEMETRY, proto.CMD, proto.RESULT,
                                                                proto.ERROR, proto.BYE)
 HELLO_FIELDS = ("version", "native", "in_size", "n_classes", "max_classes", "last_seq", "ckpt_seq", "steps",
-                "samples", "val_n", "checkpoint_every", "max_payload", "lr_shift")
+                "samples", "val_n", "checkpoint_every", "max_payload", "lr_shift", "request")
 HELLO_SIZE = struct.calcsize(proto.HELLO_FMT)
 REPL_MARKS = (b"\x04>", b">>> ", b"raw REPL; CTRL-B", b"MicroPython v", b"Traceback (most recent")
 UNSAFE_AT_REPL = (2, 3, 4)       # Ctrl-B/C/D: bytes a probe frame avoids, in case no session reads it
@@ -185,7 +187,7 @@ class Link:
         self.start_timeout = float(start_timeout)
         self.log = log or (lambda msg: None)
         self.hello = None
-        self.hellos = []              # every HELLO received (the first, and one per reconnect)
+        self.hellos = []              # every HELLO taken as the board state (open, probes, reconnects)
         self.last_seq = None          # highest seq the board acknowledged as applied
         self.ckpt_seq = None
         self.steps = None
@@ -193,12 +195,13 @@ class Link:
         self.errors = []              # non-fatal board errors (e.g. a failed checkpoint)
         self._tr = None
         self._parser = FrameParser()
-        self._telemetry = []
+        self._telemetry = {}              # record index on the board -> record
         self._cmd_id = random.randrange(1, 1 << 30)
         self._up = self._down = 0
         self._in_session = False
         self._last_rx = 0.0
         self.quiet = 0.5              # seconds without frames after which a session is probed first
+        self._pace = 0.0              # running mean of seconds per acknowledged sample
 
     # ---- context ----
     def __enter__(self):
@@ -218,6 +221,14 @@ class Link:
         tr = SerialTransport(self.port, self.baudrate)
         tr.serial.write_timeout = 5
         tr.serial.timeout = 2
+        read_until = tr.read_until
+
+        def bounded_read_until(min_num_bytes, ending, timeout=10, data_consumer=None, timeout_overall=None):
+            # mpremote waits up to 10 s for a reply a garbled byte may have cost: retry sooner instead
+            return read_until(min_num_bytes, ending, timeout=min(timeout or 2, 2), data_consumer=data_consumer,
+                              timeout_overall=min(timeout_overall or 4, 4))
+
+        tr.read_until = bounded_read_until
         tr.serial.reset_input_buffer()
         self._tr = tr
         self._parser.reset()
@@ -233,6 +244,16 @@ class Link:
                     tr.serial.close()
                 except Exception:  # noqa: BLE001
                     pass
+
+    @staticmethod
+    def _quietly(fn, *args, **kw):
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):
+                return fn(*args, **kw)
+        except TransportError as e:
+            got = out.getvalue().strip()
+            raise TransportError(f"{e} (got {got[-200:]})" if got else str(e)) from None
 
     def _write(self, data):
         self._tr.serial.write(data)
@@ -260,9 +281,9 @@ class Link:
             self._last_rx = time.monotonic()
         out = []
         for f in frames:
-            if f.type == TELEMETRY:
-                for o in range(0, len(f.payload) - RECORD_SIZE + 1, RECORD_SIZE):
-                    self._telemetry.append(decode(f.payload[o:o + RECORD_SIZE]))
+            if f.type == TELEMETRY:           # seq: the ring index of the first record
+                for k, o in enumerate(range(0, len(f.payload) - RECORD_SIZE + 1, RECORD_SIZE)):
+                    self._telemetry[f.seq + k] = decode(f.payload[o:o + RECORD_SIZE])
             elif f.type == ERROR and not f.flags & proto.F_FATAL:
                 self.errors.append(f.payload.decode("utf-8", "replace"))
                 self.log("board: " + self.errors[-1])
@@ -276,8 +297,12 @@ class Link:
         if f.type in (ACK, NACK, BYE, HELLO) and (self.last_seq is None or f.seq > self.last_seq):
             self.last_seq = f.seq
 
-    def _set_hello(self, f):
+    def _set_hello(self, f, asked=None):
+        """Take a HELLO as the board's state if it answers one of the requests `asked` (or is a new
+        session's first, request 0); None for a stale one."""
         info = parse_hello(f.payload)
+        if asked is not None and info["request"] not in asked:
+            return None
         if info["version"] != proto.VERSION:
             raise LinkError(f"board speaks link protocol {info['version']}, this host {proto.VERSION}")
         self.hello = info
@@ -295,8 +320,7 @@ class Link:
             end = time.monotonic() + wait
             while time.monotonic() < end:
                 for f in self._receive(0.05):
-                    if f.type == HELLO:
-                        self._set_hello(f)
+                    if f.type == HELLO and self._set_hello(f, (seq,)):
                         return True
             if self._parser.repl_seen:
                 return False
@@ -307,17 +331,24 @@ class Link:
         tr.serial.timeout = 2
         self._write(b"\x03")                        # clear a half-typed line at either REPL
         time.sleep(0.02)
-        tr.enter_raw_repl(soft_reset=False, timeout_overall=3)
+        self._quietly(tr.enter_raw_repl, soft_reset=False, timeout_overall=3)
         check = proto.start_check(self.model_path, self.checkpoint_path, self.checkpoint_every, self.idle_timeout)
         cmd = "import microtrain.link as L\nL.serve(%r, %r, %d, %d, %d)\n" % (
             self.model_path, self.checkpoint_path, self.checkpoint_every, self.idle_timeout, check)
         self._parser.reset()
-        tr.exec_raw_no_follow(cmd)
+        self._quietly(tr.exec_raw_no_follow, cmd)
         end = time.monotonic() + self.start_timeout
+        ask = time.monotonic() + 0.5
+        asked = [0]
         while time.monotonic() < end:
+            if time.monotonic() > ask:                  # its first HELLO may have been garbled: ask
+                seq, data = _safe_nonce(HELLO)
+                asked.append(seq)
+                self._write(data)
+                ask = time.monotonic() + 0.5
             for f in self._receive(0.05):
-                if f.type == HELLO:
-                    return self._set_hello(f)
+                if f.type == HELLO and self._set_hello(f, asked):
+                    return self.hello
             junk = bytes(self._parser.junk)
             if junk.count(b"\x04") >= 2 and junk.rstrip().endswith(b">"):  # serve() returned or raised
                 text = junk.replace(b"\x04", b"").rstrip(b">").decode("utf-8", "replace").strip()
@@ -342,21 +373,24 @@ class Link:
                 return self.hello
             except BoardError as e:
                 failures.append(str(e))
-                if failures.count(str(e)) >= 3:     # the same error each time: not line noise
+                self.log(f"link: {e}")
+                garbled = "SyntaxError" in str(e) or "corrupted in transit" in str(e)
+                if not garbled and failures[-3:] == [str(e)] * 3:   # the same error each time: not line noise
                     raise
                 self._close_port()
             except (TimeoutError, *SERIAL_ERRORS) as e:
                 failures.append(f"{type(e).__name__}: {e}")
+                self.log(f"link: {failures[-1]}")
                 self._close_port()
             if time.monotonic() > deadline:
                 raise LinkError(f"board on {self.port} unreachable for {self.reconnect_timeout:.0f} s "
                                 f"({why}); last errors: {failures[-3:]}")
             time.sleep(0.1)
 
-    def _ensure(self):
-        """A session that answers: after a quiet spell, ask it first (the board may have been reset
-        meanwhile, and samples must not land in its REPL)."""
-        if self._tr is not None and self._in_session and time.monotonic() - self._last_rx > self.quiet:
+    def _ensure(self, probe=False):
+        """A session that answers: with probe=True or after a quiet spell, ask it first (the board
+        may have been reset meanwhile, and samples must not land in its REPL)."""
+        if self._tr is not None and self._in_session and (probe or time.monotonic() - self._last_rx > self.quiet):
             try:
                 if self._probe(tries=1, wait=max(0.3, min(self.timeout, 1.0))):
                     return
@@ -372,7 +406,7 @@ class Link:
         exactly once (trained on, or with validation=True kept for evaluate()).  `progress(done,
         total)` is called as acks arrive.  With checkpoint=True the board checkpoints at the end.
         Returns throughput and wire statistics."""
-        self._ensure()
+        self._ensure(probe=True)
         in_size, n_classes = self.hello["in_size"], self.hello["n_classes"]
         payloads = []
         for x, y in zip(samples, labels):
@@ -388,7 +422,7 @@ class Link:
         flags = proto.F_VALIDATION if validation else 0
         base = self.last_seq + 1
         last = base + total - 1
-        st = {"samples": total, "retransmissions": 0, "timeouts": 0, "nacks": 0, "reconnects": 0,
+        st = {"samples": total, "first_seq": base, "retransmissions": 0, "timeouts": 0, "nacks": 0, "reconnects": 0,
               "resumed_from": []}
         up0, down0, bad0 = self._up, self._down, self._parser.bad
         t0 = time.monotonic()
@@ -410,8 +444,11 @@ class Link:
                     if f.type in (ACK, NACK, BYE):
                         self._update(f)
                         if f.seq > acked:
+                            now = time.monotonic()
+                            if misses == 0 and acked >= base:   # the board's pace: time per sample
+                                self._pace = 0.8 * self._pace + 0.2 * (now - t_prog) / (min(f.seq, last) - acked)
                             acked = min(f.seq, last)
-                            t_prog = time.monotonic()
+                            t_prog = now
                             misses = 0
                             if nxt <= acked:
                                 nxt = acked + 1
@@ -427,13 +464,12 @@ class Link:
                             raise _Lost("the board ended the session")
                     elif f.type == ERROR:
                         raise LinkError("board rejected sample %d: %s" % (f.seq, f.payload.decode("utf-8", "replace")))
-                    elif f.type == HELLO:             # a new session (someone restarted it)
-                        self._set_hello(f)
-                        acked, nxt = self._resume(base, last, st)
+                    # a HELLO here answers an earlier request: stale, ignored (a board reset
+                    # shows as NACKs or silence, then the reconnect asks afresh)
                 if self._parser.repl_seen:
                     self._parser.repl_seen = False
                     raise _Lost("REPL output on the line")
-                if time.monotonic() - t_prog > self.timeout:
+                if time.monotonic() - t_prog > self._ack_timeout():
                     st["timeouts"] += 1
                     misses += 1
                     if misses > self.retries:
@@ -475,21 +511,30 @@ class Link:
         self.log(f"link: resuming at seq {have + 1}")
         return have, have + 1
 
+    def _ack_timeout(self):
+        """`timeout`, or longer for a board that takes long per sample (pure-Python kernels)."""
+        return max(self.timeout, 4 * self._pace * self.window ** 0.5)
+
     # ---- commands ----
     def command(self, name, timeout=None):
-        """Run a board command: "checkpoint", "evaluate", "stats", "rollback", "clear_validation".
+        """Run a board command: "checkpoint", "evaluate", "stats", "rollback", "clear_validation",
+        "telemetry" (re-send the records the board still holds).
         Resent until answered; the board runs each command id once.  Returns the result dict."""
         if name in ("bye", "close"):
             self.close()
             return {}
         self._ensure()
-        self._cmd_id = self._cmd_id % ((1 << 31) - 1) + 1
-        cid = self._cmd_id
-        wait = timeout or max(self.timeout, 2.0)
+        while True:                       # an id whose frame is harmless should a REPL read it
+            self._cmd_id = self._cmd_id % ((1 << 30) - 1) + 1
+            cid = self._cmd_id
+            data = frame(CMD, cid, name.encode())
+            if not any(b in UNSAFE_AT_REPL for b in data):
+                break
+        wait = timeout or max(self._ack_timeout(), 2.0)
         misses = 0
         while True:
             try:
-                self._send(CMD, cid, name.encode())
+                self._write(data)
                 end = time.monotonic() + wait
                 while time.monotonic() < end:
                     for f in self._receive(0.02):
@@ -502,8 +547,6 @@ class Link:
                             return r
                         if f.type in (ACK, NACK):
                             self._update(f)
-                        elif f.type == HELLO:
-                            self._set_hello(f)
                         elif f.type == BYE:
                             raise _Lost("the board ended the session")
                     if self._parser.repl_seen:
@@ -518,9 +561,23 @@ class Link:
                 self._reconnect(str(e) or type(e).__name__)
                 misses = 0
 
-    def telemetry(self):
-        """The telemetry records received so far, decoded (dicts, see microtrain.board.telemetry)."""
-        return list(self._telemetry)
+    def evaluate(self, samples, labels, capacity=8):
+        """How many of the labelled samples the board's model gets right: `capacity` at a time
+        (the plan's validation memory, `val_y` in the arena) through validation samples and the
+        board's evaluate command.  Nothing is trained."""
+        right = 0
+        for i in range(0, len(labels), capacity):
+            self.command("clear_validation")
+            self.stream(samples[i:i + capacity], labels[i:i + capacity], validation=True, checkpoint=False)
+            right += self.command("evaluate")["right"]
+        return right
+
+    def telemetry(self, fetch=True):
+        """Telemetry records, decoded (dicts, see microtrain.board.telemetry), oldest first: those
+        received so far, and with fetch=True also what the board's ring still holds."""
+        if fetch:
+            self.command("telemetry")
+        return [self._telemetry[i] for i in sorted(self._telemetry)]
 
     # ---- leaving ----
     def close(self):
@@ -535,19 +592,19 @@ class Link:
                     seq, data = _safe_nonce(BYE)
                     self._write(data)
                     end = time.monotonic() + 0.5
-                    while time.monotonic() < end and not ok:
+                    while time.monotonic() < end and not ok and not self._parser.repl_seen:
                         for f in self._receive(0.05):
                             self._update(f) if f.type in (ACK, NACK) else None
                             if f.type == BYE:
                                 ok = True
-                    if ok:
+                    if ok or self._parser.repl_seen:
                         break
             self._in_session = False
             if ok and b"\x04>" not in self._parser.junk:   # serve() returns: the raw REPL prompts
                 self._tr.read_until(1, b"\x04>", timeout=1, timeout_overall=2)
             else:                                      # interrupt whatever runs
                 self._tr.serial.timeout = 2
-                self._tr.enter_raw_repl(soft_reset=False, timeout_overall=3)
+                self._quietly(self._tr.enter_raw_repl, soft_reset=False, timeout_overall=3)
             self._tr.exit_raw_repl()
             time.sleep(0.05)
         except Exception as e:  # noqa: BLE001 - the board may be gone; the port still gets closed
