@@ -118,6 +118,7 @@ test: setup natmods hostport host-kernels
 bench: setup natmods
 	$(PY) -m bench.kernels
 	$(PY) -m bench.training
+	$(PY) -m bench.link
 
 demo: setup natmods
 	$(VENV)/bin/microtrain demo --png demo-training.png
