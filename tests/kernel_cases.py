@@ -595,3 +595,19 @@ def parse_mpy_output(text, cases):
     for i, case in enumerate(cases):
         check(case, outs[i], rets.get(i))
     return len(cases)
+
+
+def check_errors(out, bad):
+    """Check a script's output for bad-argument cases: (name, args, exception type, message regex)."""
+    import re
+    results = {}
+    for line in out.splitlines():
+        if line.startswith("X "):
+            _, i, exc, msg = (line.split(" ", 3) + [""])[:4]
+            results[int(i)] = (exc, msg)
+        elif line.startswith("R "):
+            results.setdefault(int(line.split()[1]), ("returned", ""))
+    for i, (name, _, exc, pattern) in enumerate(bad):
+        got_exc, msg = results.get(i, ("nothing", ""))
+        assert got_exc == exc and re.search(pattern, msg), \
+            f"{name} case {i}: {got_exc} {msg!r}, expected {exc} {pattern}"

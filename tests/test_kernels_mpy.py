@@ -10,13 +10,13 @@ bad argument a TypeError/ValueError naming it, and no input that crashes the int
 """
 
 import os
-import re
 
 import numpy as np
 import pytest
 
 from tests.conftest import DIST, HOSTPORT, micropython_unix, require, run_micropython
-from tests.kernel_cases import (Expr, In, InOut, Out, GENERATORS, all_cases, mpy_script, parse_mpy_output)
+from tests.kernel_cases import (Expr, In, InOut, Out, GENERATORS, all_cases, check_errors, mpy_script,
+                                parse_mpy_output)
 
 
 @pytest.fixture(params=["natmod-unix", "usermod-hostport"], scope="module")
@@ -104,16 +104,7 @@ def test_bad_arguments_raise_with_the_argument_name(runtime, tmp_path):
     from tests.kernel_cases import Case
     cases = [Case(name, args, {}) for name, args, _, _ in bad]
     out = run_script(runtime, tmp_path, mpy_script(cases))
-    results = {}
-    for line in out.splitlines():
-        if line.startswith("X "):
-            _, i, exc, msg = (line.split(" ", 3) + [""])[:4]
-            results[int(i)] = (exc, msg)
-        elif line.startswith("R "):
-            results.setdefault(int(line.split()[1]), ("returned", ""))
-    for i, (name, _, exc, pattern) in enumerate(bad):
-        got_exc, msg = results.get(i, ("nothing", ""))
-        assert got_exc == exc and re.search(pattern, msg), f"{name} case {i}: {got_exc} {msg!r}, expected {exc} {pattern}"
+    check_errors(out, bad)
 
 
 def _mutations(case, rng):

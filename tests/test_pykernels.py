@@ -14,7 +14,6 @@ import contextlib
 import importlib.util
 import io
 import os
-import re
 import sys
 
 import numpy as np
@@ -22,7 +21,7 @@ import pytest
 
 from tests.conftest import HOSTPORT, ROOT, micropython_unix, run_micropython
 from tests.kernel_cases import (FILL, Case, Expr, In, InOut, Out, GENERATORS, _TYPECODE, all_cases,
-                                mpy_script, parse_mpy_output)
+                                check_errors, mpy_script, parse_mpy_output)
 
 FIRMWARE = os.path.join(ROOT, "firmware")
 # `microtrain` on the host is the host package, so under CPython the board module is loaded from
@@ -241,30 +240,16 @@ def bad_argument_cases():
     return out
 
 
-def _check_errors(out, bad):
-    results = {}
-    for line in out.splitlines():
-        if line.startswith("X "):
-            _, i, exc, msg = (line.split(" ", 3) + [""])[:4]
-            results[int(i)] = (exc, msg)
-        elif line.startswith("R "):
-            results.setdefault(int(line.split()[1]), ("returned", ""))
-    for i, (name, _, exc, pattern) in enumerate(bad):
-        got_exc, msg = results.get(i, ("nothing", ""))
-        assert got_exc == exc and re.search(pattern, msg), \
-            f"{name} case {i}: {got_exc} {msg!r}, expected {exc} {pattern}"
-
-
 def test_bad_arguments_cpython(pyk):
     bad = bad_argument_cases()
     cases = [Case(name, args, {}) for name, args, _, _ in bad]
-    _check_errors(run_cpython(mpy_script(cases, module=CPY_NAME)), bad)
+    check_errors(run_cpython(mpy_script(cases, module=CPY_NAME)), bad)
 
 
 def test_bad_arguments_micropython(tmp_path):
     bad = bad_argument_cases()
     cases = [Case(name, args, {}) for name, args, _, _ in bad]
-    _check_errors(run_mpy(tmp_path, mpy_script(cases, module=MPY_NAME)), bad)
+    check_errors(run_mpy(tmp_path, mpy_script(cases, module=MPY_NAME)), bad)
 
 
 # ---- differential run against the C kernels (host runner with the user C module) ----------------

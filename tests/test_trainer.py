@@ -2,7 +2,6 @@
 MicroPython (unix port with the x64 .mpy, and the pure-Python backend), bit-identical with the
 host simulation; memory under a board-sized heap; robustness; class addition."""
 
-import os
 import struct
 
 import numpy as np

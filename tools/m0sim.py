@@ -20,7 +20,7 @@ import numpy as np
 from unicorn import Uc, UC_ARCH_ARM, UC_MODE_THUMB, UC_MODE_MCLASS, UC_HOOK_CODE
 from unicorn.arm_const import UC_CPU_ARM_CORTEX_M0
 from unicorn.arm_const import (UC_ARM_REG_R0, UC_ARM_REG_R1, UC_ARM_REG_R2, UC_ARM_REG_R3,
-                               UC_ARM_REG_SP, UC_ARM_REG_LR, UC_ARM_REG_PC)
+                               UC_ARM_REG_SP, UC_ARM_REG_LR)
 
 CC = "arm-none-eabi-gcc"
 ARCH_FLAGS = ["-mcpu=cortex-m0plus", "-mthumb"]

@@ -416,7 +416,7 @@ class Session:
             f.write(self.x)
 
     def _command(self):
-        st, t = self.st, self.t
+        st = self.st
         seq = self.seq
         if seq == st.last_cmd and st.last_reply is not None:
             flags, payload = st.last_reply    # a resent command: answer again, do not run it again

@@ -7,7 +7,7 @@ import struct
 
 from . import backend
 from . import modelfile
-from .model import OP_AVGPOOL, OP_CONV, OP_DWCONV, OP_MAXPOOL, OP_SOFTMAX, argmax
+from .model import OP_CONV, OP_DWCONV, OP_MAXPOOL, OP_SOFTMAX, argmax
 from ._compat import collect, exists, mem_alloc, mem_free, mem_peak, remove, rename, ticks_diff, ticks_us, typed
 from .telemetry import Telemetry
 

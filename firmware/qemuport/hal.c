@@ -28,8 +28,8 @@ bool hal_uart_rx_full(void) {
 void hal_uart_rx_push(uint8_t c) {
     #if MICROPY_KBD_EXCEPTION
     if (c == mp_interrupt_char) {
-        // Ctrl-C while code runs: drop pending input and raise KeyboardInterrupt.
-        rx_tail = rx_head;
+        // Ctrl-C while code runs (pyexec sets the interrupt char only then): raise
+        // KeyboardInterrupt instead of buffering the byte.
         mp_sched_keyboard_interrupt();
         return;
     }

@@ -265,7 +265,6 @@ def telemetry(port, follow, jsonl, csv_path, png, name):
 
 def _live(link, records):
     from rich.live import Live
-    from rich.table import Table
     try:
         with Live(refresh_per_second=4) as live:
             while True:

@@ -13,8 +13,6 @@ import shutil
 import tempfile
 import time
 
-import numpy as np
-
 from . import board_io, datasets, modelfile, planner, simulator, unixport
 
 EXAMPLES = os.path.join(unixport.repo_root(), "examples")

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import reference as ref
 from .graph import PARAMETRIC
 from .quant import quantize_multipliers
 
