@@ -29,7 +29,7 @@ export MICROTRAIN_MPY_DIR := $(MPY_DIR)
 export MICROTRAIN_DIST := $(DIST)
 export MICROTRAIN_BUILD := $(BUILD)
 
-.PHONY: all setup natmods board-lib xtensawin hostport host-kernels test bench demo clean distclean
+.PHONY: all setup natmods board-lib xtensawin hostport qemu-boards host-kernels test bench demo clean distclean
 
 all: natmods
 
@@ -99,6 +99,12 @@ $(HOSTPORT): $(MODULE_SRC) native_modules/mtkernels/micropython.mk $(wildcard fi
 	$(MAKE) -s -C firmware/hostport MPY_DIR=$(MPY_DIR) BUILD=$(BUILD)/hostport \
 	    USER_C_MODULES=$(abspath native_modules) PYTHON=$(PY)
 
+# ---- the emulated boards: MicroPython on qemu-system-arm (Cortex-M0 256 KB, Cortex-M3) ------
+
+qemu-boards: setup
+	$(MAKE) -s -C firmware/qemuport BOARD=microbit both MPY_DIR=$(MPY_DIR) PYTHON=$(PY)
+	$(MAKE) -s -C firmware/qemuport BOARD=mps2-an385 both MPY_DIR=$(MPY_DIR) PYTHON=$(PY)
+
 # ---- the kernels as a host shared library with sanitizers (test tier 2) ---------------------
 
 host-kernels: $(HOST_KERNELS)
@@ -110,7 +116,7 @@ $(HOST_KERNELS): $(KERNEL_SRC)
 
 # ---- tests, benchmarks, demo ------------------------------------------------------------------
 
-test: setup natmods hostport host-kernels
+test: setup natmods hostport qemu-boards host-kernels
 	$(PY) -m pytest -q -m "not sanitized" tests
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	    ASAN_OPTIONS=detect_leaks=0 $(PY) -m pytest -q --capture=sys -m sanitized tests
@@ -119,6 +125,7 @@ bench: setup natmods
 	$(PY) -m bench.kernels
 	$(PY) -m bench.training
 	$(PY) -m bench.link
+	$(PY) -m bench.board
 
 demo: setup natmods
 	$(VENV)/bin/microtrain demo --png demo-training.png

@@ -168,27 +168,18 @@ def test_kernels_match_reference(board, typed):
     assert run_cases(board.t, cases, typed) == len(cases) >= (per_kernel - 1) * len(GENERATORS)
 
 
-def test_int32_min_scalar_argument(board, request):
-    if board.variant == "kernels":
-        request.applymarker(pytest.mark.xfail(
-            reason="MicroPython 1.23 on 32-bit: mp_obj_get_int(-2**31) raises OverflowError, so the built-in "
-                   "binding's int_arg() rejects INT32_MIN (fix in mtkernels.c: mp_obj_get_int_truncated after "
-                   "checking the value fits, e.g. with mp_obj_int_get_checked on a small-int/long-int split)",
-            raises=AssertionError, strict=True))
+def test_int32_min_scalar_argument(board):
+    """-2**31 is a long int on a 32-bit port: the binding compares long ints as Python ints."""
     cases = [c for seed in (4, 5) for c in all_cases(seed=seed, per_kernel=12) if _int_min_arg(c)]
     assert cases, "the generators no longer produce INT32_MIN scalars"
     run_cases(board.t, cases)
 
 
-def test_out_of_range_int_arguments_raise(board, request):
-    if board.variant == "natmod":
-        request.applymarker(pytest.mark.xfail(
-            reason="in the .mpy, mp_obj_get_int is dynruntime's native_from_obj, which truncates to 32 bits "
-                   "before int_arg()'s range check: requantize(1, 2**32 + 5, 0, 0) runs with mult = 5",
-            raises=AssertionError, strict=True))
+def test_out_of_range_int_arguments_raise(board):
+    """A long int beyond the range raises, rather than being truncated into it."""
     out = exec_raw(board.t, "import mtkernels\ntry:\n    mtkernels.requantize(1, 2**32 + 5, 0, 0)\n"
-                   "    print('accepted')\nexcept (ValueError, OverflowError) as e:\n    print('raised')")
-    assert out.strip() == "raised"
+                   "    print('accepted')\nexcept ValueError as e:\n    print('raised', e)")
+    assert out.strip() == "raised mult: must be in [0, 2147483647], got an int beyond that"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,6 +76,7 @@ class Trainer:
         self.ckpt_path = checkpoint_path
         self.val_margin = int(val_margin * 1000)    # per mille, so decisions compare integers
         self.since_ckpt = 0
+        self.heap_free = mem_free()
         self.loss_avg = None
         self.best_avg = None
         self.best_val = None
@@ -187,7 +188,9 @@ class Trainer:
         loss = -log(max(p, 0.5) / 256) if log else (8 - _log2(max(p, 1))) * 1.0
         correct = argmax(probs) == label
         us = ticks_diff(ticks_us(), t0)
-        self.telemetry.step(self.steps, loss, correct, self.lr_shift, us, mem_free(), self.n_params)
+        if self.steps & 15 == 1:            # gc.mem_free() walks the heap: sample it, not every step
+            self.heap_free = mem_free()
+        self.telemetry.step(self.steps, loss, correct, self.lr_shift, us, self.heap_free, self.n_params)
         self._watch(256 - p)
         return loss
 

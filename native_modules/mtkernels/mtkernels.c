@@ -132,7 +132,24 @@ static mp_int_t int_arg(mp_obj_t o, mp_int_t lo, mp_int_t hi, const char *name) 
     if (!mp_obj_is_int(o)) {
         arg_error(&mp_type_TypeError, name, "expected an int");
     }
-    mp_int_t v = mp_obj_get_int(o);
+    if (!mp_obj_is_small_int(o)) {
+        // a long int (on 32-bit ports anything beyond +-2^30): compare as Python ints first, since
+        // converting to a machine word truncates (native module) or raises OverflowError (firmware)
+        if (mp_obj_is_true(mp_binary_op(MP_BINARY_OP_LESS, o, mp_obj_new_int(lo)))
+            || mp_obj_is_true(mp_binary_op(MP_BINARY_OP_MORE, o, mp_obj_new_int(hi)))) {
+            msg_t m;
+            m.len = 0;
+            msg_str(&m, name);
+            msg_str(&m, ": must be in [");
+            msg_int(&m, lo);
+            msg_str(&m, ", ");
+            msg_int(&m, hi);
+            msg_str(&m, "], got an int beyond that");
+            raise_msg(&mp_type_ValueError, &m);
+        }
+        return (mp_int_t)mp_obj_get_int_truncated(o);
+    }
+    mp_int_t v = MP_OBJ_SMALL_INT_VALUE(o);
     if (v < lo || v > hi) {
         range_error(name, lo, hi, v);
     }

@@ -1,8 +1,8 @@
 /*
- * Minimal `time` module of the microtrain emulated board, built on the HAL
- * (mp_hal_ticks_*, mp_hal_delay_*, mp_hal_time_ns) only; the same file as
- * firmware/hostport/modtime.c.  The board has no real-time clock: time() and
- * time_ns() count from reset (virtual time; instructions under -icount shift=0).
+ * Minimal `time` module of microtrain's own MicroPython ports (firmware/hostport, the host
+ * runner; firmware/qemuport, the emulated board), built on their HAL only (mp_hal_ticks_*,
+ * mp_hal_delay_*, mp_hal_time_ns).  On the emulated board there is no real-time clock: time()
+ * and time_ns() count from reset (virtual time; instructions under -icount shift=0).
  *
  * Ticks follow MicroPython semantics: they wrap modulo
  * MICROPY_PY_TIME_TICKS_PERIOD and must be compared with ticks_diff().
