@@ -346,7 +346,7 @@ def main(argv=None):
                   f"in kernels, orchestration {rec['orchestration_fraction']:.1%}) -> {rec['train_step_ms_125mhz']:.2f} ms"
                   f" | inference {rec['inference_instructions']:>8} instr -> {rec['inference_ms_125mhz']:.2f} ms"
                   f" | heap peak {rec['peak_heap_bytes']} / {rec['heap_bytes']} B", flush=True)
-    result = {
+    meta = {
         "board": "qemu-system-arm -M microbit, Cortex-M0, 256 KB SRAM (firmware/qemuport, kernels built in)",
         "model": "reference IMU model (zoo.imu_reference(0)), batch 1, planner word_bytes=4",
         "method": ("-icount shift=0: 1 virtual ns = 1 instruction; totals timed without profiling, kernel "
@@ -361,8 +361,8 @@ def main(argv=None):
         "steps_timed": args.steps,
         "sram": split,
         "profiler_inside_instructions_per_call": r["prof_inside"],
-        "records": records,
     }
+    result = [dict(rec, **meta) for rec in records]     # a list of records, one per policy
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")
