@@ -102,3 +102,10 @@ def test_mpremote_works_against_the_virtual_board(board):
     assert r.returncode == 0 and "linux 42" in r.stdout, r.stderr
     with board_io.Session(board.port) as s:
         assert s.info()["arch"] == "x64"
+
+
+def test_recording_from_the_board_sensor_says_when_the_board_has_none(board):
+    r = CliRunner().invoke(cli.main, ["train", "--sensor", "mpu6050", "--label", "1", "--port", board.port])
+    assert r.exit_code != 0 and "no machine.I2C: it cannot read the sensor" in r.output
+    r = CliRunner().invoke(cli.main, ["train", "--sensor", "adc", "--port", board.port])
+    assert r.exit_code != 0 and "--label" in r.output

@@ -205,8 +205,58 @@ def _csv_header(path):
         return 1
 
 
+SENSOR_SCRIPT = """
+try:
+    import machine
+except ImportError:
+    machine = None
+need = 'I2C' if {sensor!r} == 'mpu6050' else 'ADC'
+if machine is None or not hasattr(machine, need):
+    raise SystemExit('this board has no machine.' + need + ': it cannot read the sensor')
+import microtrain
+from microtrain import sensors
+m = microtrain.load({name!r})
+t = microtrain.Trainer(m, checkpoint_path={ckpt!r})
+try:
+    t.rollback()
+except microtrain.TrainingError:
+    pass
+if {sensor!r} == 'mpu6050':
+    s = sensors.MPU6050(machine.I2C({i2c_id}, sda=machine.Pin({sda}), scl=machine.Pin({scl})), rate_hz={rate})
+else:
+    s = sensors.ADC([machine.ADC(p) for p in {adc!r}], rate_hz={rate})
+q = sensors.Quantizer.from_scale(m.in_scale, m.in_zp, raw_per_unit=[{per_unit}] * s.channels)
+rec = sensors.Recorder(s, q, frames=m.in_size // s.channels)
+for k in range({count}):
+    label, loss = rec.record(t, label={label})
+    print('sample', k, 'label', label, 'loss', loss)
+t.checkpoint()
+print('RECORDED', {count}, 'STEPS', t.steps)
+"""
+
+
+def record_on_board(port, board, sensor, label, count, name, per_unit, rate):
+    """The board reads its own sensor (pins from the board definition) and trains on each sample."""
+    from .board_io import BoardError, Session
+    pins = board.pins or {}
+    i2c = pins.get("i2c", {"id": 0, "sda": 4, "scl": 5})
+    script = SENSOR_SCRIPT.format(name=name, ckpt=name.rsplit(".", 1)[0] + ".ckpt", sensor=sensor,
+                                  i2c_id=i2c["id"], sda=i2c["sda"], scl=i2c["scl"], adc=pins.get("adc", [26]),
+                                  rate=rate, per_unit=per_unit, count=count, label=label)
+    try:
+        with Session(port) as s:
+            return s.exec(script).decode()
+    except Exception as e:                  # noqa: BLE001 - the board's exception text is the message
+        raise BoardError(str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)) from e
+
+
 @main.command(name="train")
-@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.option("--sensor", type=click.Choice(["mpu6050", "adc"]), help="Instead of DATA: the board records from its own sensor.")
+@click.option("--count", default=10, show_default=True, help="With --sensor: samples to record.")
+@click.option("--board", "board_name", default="rpi_pico", show_default=True, help="With --sensor: the board (sensor pins).")
+@click.option("--raw-per-unit", default=16384.0, show_default=True, help="With --sensor: raw counts per unit of the model's input.")
+@click.option("--rate", default=50, show_default=True, help="With --sensor: frames per second.")
 @_port_option
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False),
               help="The model file pushed to the board (to quantize float samples).")
@@ -214,14 +264,28 @@ def _csv_header(path):
 @click.option("--validation", is_flag=True, help="Keep the samples on the board for evaluation instead of training.")
 @click.option("--epochs", default=1, show_default=True)
 @click.option("--name", default="model.mtm", show_default=True, help="The model file on the board.")
-def train_cmd(data, port, model_path, label, validation, epochs, name):
-    """Stream labelled samples (CSV, NPZ, WAV) to the board, which trains on each as it arrives.
+def train_cmd(data, sensor, count, board_name, raw_per_unit, rate, port, model_path, label, validation, epochs, name):
+    """Stream labelled samples (CSV, NPZ, WAV) to the board, which trains on each as it arrives;
+    or, with --sensor, let the board record and train on its own sensor's samples.
 
     Framed protocol with CRC, acknowledgements, retransmission and resume; reports samples/s and
     bytes per sample on the wire.  Raw samples go to the board; only telemetry comes back.
     """
-    from .link import Link
     port = _need_port(port)
+    if sensor:
+        from . import boards as B
+        from .board_io import BoardError
+        if label is None:
+            _fail("--sensor needs --label (the class being recorded)")
+        try:
+            out = record_on_board(port, B.get(board_name), sensor, label, count, name, raw_per_unit, rate)
+        except BoardError as e:
+            _fail(f"recording on the board: {e}")
+        click.echo(out.strip())
+        return
+    if not data:
+        _fail("give a DATA file (CSV, NPZ, WAV) or --sensor")
+    from .link import Link
     model = None
     if model_path:
         from .modelfile import load
