@@ -198,7 +198,7 @@ class Trainer:
         """Divergence: the running error a (8 x the mean of 256 - p_label over ~8 steps, an
         integer in [0, 2048]) climbing more than half-way from its best since the last checkpoint
         to the worst possible value rolls back and halves the learning rate.  Only integers
-        decide, so the board and the simulator roll back at the same step."""
+        decide, so every port and backend rolls back at the same step."""
         a = (err << 3) if self.loss_avg is None else self.loss_avg - (self.loss_avg >> 3) + err
         self.loss_avg = a
         self.since_ckpt += 1
@@ -215,7 +215,8 @@ class Trainer:
         n = self.replay_n[label]
         slot = (label * r + (n % r)) * self.model.in_size
         self.replay_x[slot:slot + self.model.in_size] = bytes(x) if not isinstance(x, (bytes, bytearray)) else x
-        self.replay_n[label] = min(n + 1, 255)
+        n += 1
+        self.replay_n[label] = n if n < 256 else r + n % r    # a byte: keep >= r, keep rotating
 
     def fit(self, samples, epochs=1):
         """Train on an iterable of (x, label) for some epochs; returns the mean loss of the last."""
@@ -442,8 +443,6 @@ class Trainer:
             blobs[b"CLGM"] = bytes(gs[0]) + struct.pack("<i", _ints(gs[0])[ref])
             blobs[b"CLGS"] = bytes(gs[1]) + struct.pack("<i", _ints(gs[1])[ref])
         self._resize_classifier(n + 1, blobs)
-        if t[1] == t[2]:        # classifier weights were frozen: the new row must still train
-            pass
         while len(model.labels) < n:
             model.labels.append("class%d" % len(model.labels))
         model.labels.append(name if name is not None else "class%d" % n)
