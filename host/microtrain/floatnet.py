@@ -34,20 +34,11 @@ def _pair(v):
 
 
 def conv_geometry(in_h, in_w, k_h, k_w, stride, padding):
-    """(out_h, out_w, pad_t, pad_l) of a conv/pool window, TFLite SAME/VALID rules."""
-    sh, sw = stride
-    if padding == "same":
-        out_h, out_w = -(-in_h // sh), -(-in_w // sw)
-        pad_t = max((out_h - 1) * sh + k_h - in_h, 0) // 2
-        pad_l = max((out_w - 1) * sw + k_w - in_w, 0) // 2
-    elif padding == "valid":
-        out_h, out_w = (in_h - k_h) // sh + 1, (in_w - k_w) // sw + 1
-        pad_t = pad_l = 0
-    else:
-        raise ValueError(f"padding must be 'same' or 'valid', not {padding!r}")
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f"window {k_h}x{k_w} does not fit input {in_h}x{in_w}")
-    return out_h, out_w, pad_t, pad_l
+    """(out_h, out_w, pad_t, pad_l) of a conv/pool window, TFLite SAME/VALID rules (the same
+    computation as the integer kernels' geometry, reference.Geom.conv)."""
+    from .reference import Geom
+    g = Geom.conv(in_h, in_w, 1, 1, k_h, k_w, tuple(stride), padding)
+    return g.out_h, g.out_w, g.pad_t, g.pad_l
 
 
 # ---------------------------------------------------------------------------------------------
