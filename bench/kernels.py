@@ -27,13 +27,13 @@ from microtrain.quant import quantize_multipliers  # noqa: E402
 from tools.m0sim import M0Sim, pack_struct  # noqa: E402
 
 KERNELS = os.path.join(ROOT, "native_modules", "mtkernels", "kernels")
-REQUANT_FUNCTIONS = ("mt_store_output", "mt_requantize", "mt_scale_round", "mt_mul_hi", "mt_srdhm", "mt_rdbpot")
+REQUANT_FUNCTIONS = ("mt_store_outputs", "mt_requantize", "mt_scale_round", "mt_mul_hi", "mt_srdhm", "mt_rdbpot")
 
 
 def build(impl):
     srcs = sorted(glob.glob(os.path.join(KERNELS, "*.c")))
     if impl == "asm":
-        return M0Sim.build(srcs + [os.path.join(KERNELS, "mt_dot_armv6m.S")], cflags=["-DMT_DOT_ASM"])
+        return M0Sim.build(srcs + sorted(glob.glob(os.path.join(KERNELS, "*_armv6m.S"))), cflags=["-DMT_ARMV6M_ASM"])
     return M0Sim.build(srcs)
 
 
@@ -51,7 +51,7 @@ def forward(sim, g, rng):
     sim.reset_heap()
     y = sim.zeros(g.positions * g.out_c)
     mask = sim.zeros((g.positions * g.out_c + 7) // 8)
-    scratch = sim.zeros(4 * K)
+    scratch = sim.zeros(ref.conv_forward_scratch(g))
     rq = sim.alloc(pack_struct([("p", _p(sim, mult)), ("p", _p(sim, shift)), ("i", 1), ("i", zy), ("i", -128),
                                 ("i", 127), ("i", 0)], 4))
     _, prof = sim.call("mt_conv_forward", _p(sim, g.array()), _p(sim, x), zx, _p(sim, w), _p(sim, bias), rq, y, mask,

@@ -160,7 +160,7 @@ def _mask_expect(mask, n):
 
 
 def ref_scratch_forward(g):
-    return 4 * g.taps * g.in_c
+    return ref.conv_forward_scratch(g)
 
 
 def ref_scratch_update(g, cin_lo, cin_hi):

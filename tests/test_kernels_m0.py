@@ -15,7 +15,7 @@ from tests.kernel_cases import Backend, GENERATORS, call_c, check
 from tools.m0sim import M0Sim
 
 C_SOURCES = sorted(glob.glob(os.path.join(KERNELS_DIR, "*.c")))
-ASM = os.path.join(KERNELS_DIR, "mt_dot_armv6m.S")
+ASM = sorted(glob.glob(os.path.join(KERNELS_DIR, "*_armv6m.S")))
 
 
 class M0Backend(Backend):
@@ -38,16 +38,16 @@ class M0Backend(Backend):
 def sim(request, tmp_path_factory):
     work = str(tmp_path_factory.mktemp(f"m0-{request.param}"))
     if request.param == "asm":
-        return M0Sim.build(C_SOURCES + [ASM], cflags=["-DMT_DOT_ASM"], workdir=work)
+        return M0Sim.build(C_SOURCES + ASM, cflags=["-DMT_ARMV6M_ASM"], workdir=work)
     return M0Sim.build(C_SOURCES, workdir=work)
 
 
 def test_no_library_calls(tmp_path):
     """The armv6m objects must be freestanding: no libgcc/libc symbols (mpy_ld links none)."""
-    for src in C_SOURCES + [ASM]:
+    for src in C_SOURCES + ASM:
         obj = str(tmp_path / (os.path.basename(src) + ".o"))
         subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m0", "-mthumb", "-fpic", "-O2",
-                        "-fno-tree-loop-distribute-patterns", "-DMT_DOT_ASM", "-c", src, "-o", obj], check=True)
+                        "-fno-tree-loop-distribute-patterns", "-DMT_ARMV6M_ASM", "-c", src, "-o", obj], check=True)
         undefined = subprocess.run(["arm-none-eabi-nm", "-u", obj], capture_output=True, text=True,
                                    check=True).stdout.split()
         external = [s for s in undefined if s != "U" and not s.startswith("mt_")]

@@ -314,7 +314,7 @@ def odd_cases(rng, n):
                 args = [In(g), In(i8(nin)), ri(-128, 127), In(i8(nw)), bias] + requant(oc)
                 args += [Out("int8", M * oc), Out("uint8", (M * oc + 7) // 8 + ri(0, 2))]
                 if not dw:
-                    args.append(Out("int8", 4 * taps * ic))
+                    args.append(Out("int8", 4 * taps * ic + (2 * int(g[1]) * ic if g[6] == 1 else 0)))
                 cases.append(Case("dwconv_forward" if dw else "conv_forward", args, {11: 0, 12: 0}))
             elif k % 3 == 1:
                 bound = ((1 << 31) - 1) // (128 * taps * (int(g[12]) if dw else oc))

@@ -528,9 +528,12 @@ def _scratch_update(g, lo, hi):
     return ((2 * kc * M + 3) & ~3) + ((4 * M + 3) & ~3) + 8 * kc
 
 
+def _scratch_forward(g):
+    return 4 * g[6] * g[7] * g[2] + (2 * g[1] * g[2] if g[6] == 1 else 0)
+
+
 def conv_forward_scratch(geom):
-    g = _geom(geom)
-    return 4 * g[6] * g[7] * g[2]
+    return _scratch_forward(_geom(geom))
 
 
 def conv_update_scratch(geom, cin_lo, cin_hi):
@@ -557,7 +560,7 @@ def conv_forward(geom, x, zx, w, bias, mult, shift, zy, act_min, act_max, roundi
     rq = _requant(mult, shift, zy, act_min, act_max, rounding, N)
     yt, yb = _wr(y, 'b', n_out, 'y')
     mask = _raw(mask, (n_out + 7) >> 3, 'mask', True, True)
-    _raw(scratch, 4 * K, 'scratch', True)
+    _raw(scratch, _scratch_forward(g), 'scratch', True)
 
     xz = _shifted(x, n_in, zx)
     if _MV is not None and not _CPY:         # slices without copies (CPython arrays take arrays only)

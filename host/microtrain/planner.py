@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import reference
 from .graph import PARAMETRIC
 from .quant import quantize_multipliers
 
@@ -347,7 +348,7 @@ def _layout(model, first, kept, masks, grads, train, max_classes, val_capacity, 
     scratch = 0
     for i, l in enumerate(layers):
         if l.op == "conv":
-            scratch = max(scratch, 4 * l.geom.taps * l.geom.in_c)
+            scratch = max(scratch, reference.conv_forward_scratch(l.geom))
     for t in train:
         l = layers[t.layer]
         if l.op == "conv":
@@ -369,5 +370,5 @@ def _layout(model, first, kept, masks, grads, train, max_classes, val_capacity, 
 def _inference_arena(model):
     layers = model.layers
     ping = max(l.out_size for l in layers)
-    scratch = max([4 * l.geom.taps * l.geom.in_c for l in layers if l.op == "conv"] + [0])
+    scratch = max([reference.conv_forward_scratch(l.geom) for l in layers if l.op == "conv"] + [0])
     return _align(int(np.prod(model.input_shape))) + 2 * _align(ping) + scratch

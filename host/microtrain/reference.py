@@ -220,6 +220,12 @@ def im2col(g, x, zx):
 # convolution / fully connected (mt_conv.c)
 
 
+def conv_forward_scratch(g):
+    """Bytes of scratch mt_conv_forward needs: two int16 im2col rows, and with k_h == 1 one
+    widened input row (unpadded windows are read from it in place)."""
+    return 4 * g.taps * g.in_c + (2 * g.in_w * g.in_c if g.k_h == 1 else 0)
+
+
 def conv_forward(g, x, zx, w, bias, mult, shift, zy, act_min, act_max, double_rounding=False):
     """Returns (y int8 [M*out_c], mask bool)."""
     K = g.taps * g.in_c

@@ -5,6 +5,7 @@ add_library(usermod_mtkernels INTERFACE)
 set(MTKERNELS_KERNELS
     ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_fixedpoint.c
     ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_dot.c
+    ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_requant.c
     ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_conv.c
     ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_depthwise.c
     ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_pool.c
@@ -20,10 +21,13 @@ target_sources(usermod_mtkernels INTERFACE
 
 target_include_directories(usermod_mtkernels INTERFACE ${CMAKE_CURRENT_LIST_DIR})
 
-# RP2040 (Cortex-M0+): the hand-written ARMv6-M dot products replace kernels/mt_dot.c
+# RP2040 (Cortex-M0+): the hand-written ARMv6-M micro-kernels replace kernels/mt_dot.c and
+# mt_requant_run
 if(DEFINED PICO_PLATFORM AND PICO_PLATFORM STREQUAL "rp2040")
-    target_sources(usermod_mtkernels INTERFACE ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_dot_armv6m.S)
-    target_compile_definitions(usermod_mtkernels INTERFACE MT_DOT_ASM)
+    target_sources(usermod_mtkernels INTERFACE
+        ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_dot_armv6m.S
+        ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_requant_armv6m.S)
+    target_compile_definitions(usermod_mtkernels INTERFACE MT_ARMV6M_ASM)
 endif()
 
 # The kernels are hot loops: -O2 even in -Os firmware builds.

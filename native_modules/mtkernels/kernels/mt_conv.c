@@ -14,26 +14,48 @@
 #include "mt_kernels.h"
 #include "mt_fixedpoint.h"
 
+/* dst[i] = src[i] - zx for i < n (int8 widened to int16), two at a time. */
+static void widen_row(const int8_t *src, int32_t zx, int16_t *dst, int32_t n) {
+    int32_t i = 0;
+    for (; i + 1 < n; i += 2) {
+        int32_t v0 = src[i], v1 = src[i + 1];
+        dst[i] = (int16_t)(v0 - zx);
+        dst[i + 1] = (int16_t)(v1 - zx);
+    }
+    if (i < n) {
+        dst[i] = (int16_t)(src[i] - zx);
+    }
+}
+
+static void zero_row(int16_t *dst, int32_t n) {
+    for (int32_t i = 0; i < n; i++) {
+        dst[i] = 0;
+    }
+}
+
+/* One im2col row: for each kernel row kh, the k_w * in_c taps are one contiguous run of the
+ * input, clipped at the left and right edges (padding taps are 0). */
 static void im2col_row(const mt_geom_t *g, const int8_t *x, int32_t zx, int32_t oh, int32_t ow, int16_t *row) {
     int32_t ih0 = oh * g->stride_h - g->pad_t;
     int32_t iw0 = ow * g->stride_w - g->pad_l;
-    int32_t c = g->in_c;
-    for (int32_t kh = 0; kh < g->k_h; kh++) {
+    int32_t c = g->in_c, run = g->k_w * c;
+    int32_t w_lo = iw0 < 0 ? -iw0 : 0;                                  /* taps before the input */
+    int32_t w_hi = iw0 + g->k_w > g->in_w ? g->in_w - iw0 : g->k_w;   /* taps up to the end */
+    if (w_lo > g->k_w) {
+        w_lo = g->k_w;
+    }
+    if (w_hi < w_lo) {
+        w_hi = w_lo;   /* no tap inside the input */
+    }
+    for (int32_t kh = 0; kh < g->k_h; kh++, row += run) {
         int32_t ih = ih0 + kh;
-        for (int32_t kw = 0; kw < g->k_w; kw++) {
-            int32_t iw = iw0 + kw;
-            if (ih < 0 || ih >= g->in_h || iw < 0 || iw >= g->in_w) {
-                for (int32_t i = 0; i < c; i++) {
-                    row[i] = 0;
-                }
-            } else {
-                const int8_t *src = x + (ih * g->in_w + iw) * c;
-                for (int32_t i = 0; i < c; i++) {
-                    row[i] = (int16_t)(src[i] - zx);
-                }
-            }
-            row += c;
+        if (ih < 0 || ih >= g->in_h) {
+            zero_row(row, run);
+            continue;
         }
+        zero_row(row, w_lo * c);
+        widen_row(x + (ih * g->in_w + iw0 + w_lo) * c, zx, row + w_lo * c, (w_hi - w_lo) * c);
+        zero_row(row + w_hi * c, run - w_hi * c);
     }
 }
 
@@ -44,41 +66,29 @@ static inline void next_position(const mt_geom_t *g, int32_t *oh, int32_t *ow) {
     }
 }
 
-static inline void mt_set_mask(uint8_t *mask, int32_t i, int32_t pass) {
-    uint8_t bit = (uint8_t)(1u << (i & 7));
-    if (pass) {
-        mask[i >> 3] |= bit;
-    } else {
-        mask[i >> 3] &= (uint8_t)~bit;
-    }
-}
-
-/* Shared epilogue of the forward kernels: bias, requantize, clamp, record the mask bit. */
-void mt_store_output(const mt_requant_t *rq, const int32_t *bias, int32_t c, int32_t acc,
-    int8_t *y, uint8_t *mask, int32_t i) {
-    if (bias) {
-        acc = (int32_t)((uint32_t)acc + (uint32_t)bias[c]);
-    }
-    int32_t k = rq->per_channel ? c : 0;
-    int32_t r = rq->double_rounding ? mt_requantize(acc, rq->mult[k], rq->shift[k], 1)
-        : mt_scale_round_fast(acc, rq->mult[k], rq->shift[k]);
-    int32_t v = (int32_t)((uint32_t)r + (uint32_t)rq->zy);
-    int32_t pass = 1;
-    if (v < rq->act_min) {
-        v = rq->act_min;
-        pass = 0;
-    } else if (v > rq->act_max) {
-        v = rq->act_max;
-        pass = 0;
-    }
-    y[i] = (int8_t)v;
-    if (mask) {
-        mt_set_mask(mask, i, pass);
-    }
-}
-
+/* Two im2col rows of K int16, then (k_h == 1) one widened input row of in_w * in_c int16. */
 int32_t mt_conv_scratch_forward(const mt_geom_t *g) {
-    return 2 * 2 * g->k_h * g->k_w * g->in_c;
+    return 2 * 2 * g->k_h * g->k_w * g->in_c + (g->k_h == 1 ? 2 * g->in_w * g->in_c : 0);
+}
+
+/* Row of the im2col matrix for output position (oh, ow).  With k_h == 1 a window without padding
+ * is a contiguous run of one input row: that row is widened into `strip` once (*strip_ih says
+ * which row it holds) and the run is returned in place.  Otherwise the row is built in `buf`, as
+ * it is when `keep` says the strip is in use by the other row of the pair. */
+static const int16_t *conv_row(const mt_geom_t *g, const int8_t *x, int32_t zx, int32_t oh, int32_t ow,
+    int16_t *strip, int32_t *strip_ih, int32_t keep, int16_t *buf) {
+    int32_t ih = oh * g->stride_h - g->pad_t, iw0 = ow * g->stride_w - g->pad_l;
+    if (g->k_h == 1 && ih >= 0 && ih < g->in_h && iw0 >= 0 && iw0 + g->k_w <= g->in_w
+        && (*strip_ih == ih || !keep)) {
+        int32_t row = g->in_w * g->in_c;
+        if (*strip_ih != ih) {
+            widen_row(x + ih * row, zx, strip, row);
+            *strip_ih = ih;
+        }
+        return strip + iw0 * g->in_c;
+    }
+    im2col_row(g, x, zx, oh, ow, buf);
+    return buf;
 }
 
 void mt_conv_forward(const mt_geom_t *g, const int8_t *x, int32_t zx, const int8_t *w,
@@ -86,57 +96,82 @@ void mt_conv_forward(const mt_geom_t *g, const int8_t *x, int32_t zx, const int8
     int32_t K = g->k_h * g->k_w * g->in_c;
     int32_t N = g->out_c;
     int32_t M = g->out_h * g->out_w;
-    int16_t *r0 = scratch, *r1 = scratch + K;
-    int32_t oh = 0, ow = 0;
-    int32_t acc[4];
-    for (int32_t m = 0; m < M; m += 2) {
-        int32_t two = m + 1 < M;
-        im2col_row(g, x, zx, oh, ow, r0);
-        next_position(g, &oh, &ow);
-        if (two) {
-            im2col_row(g, x, zx, oh, ow, r1);
+    int16_t *strip = scratch + 2 * K;
+    int32_t strip_ih = -1;
+    int32_t acc[4], acc0[MT_RUN_MAX], acc1[MT_RUN_MAX], bias_c[MT_RUN_MAX];
+    int32_t par[MT_RUN_PARAMS];
+    /* channels in chunks of MT_RUN_MAX: each chunk's requantization is prepared once */
+    for (int32_t n0 = 0; n0 < N; n0 += MT_RUN_MAX) {
+        int32_t nc = N - n0 < MT_RUN_MAX ? N - n0 : MT_RUN_MAX;
+        int32_t fast = mt_requant_prepare(rq, n0, nc, par);
+        for (int32_t j = 0; j < MT_RUN_MAX; j++) {
+            bias_c[j] = bias && j < nc ? bias[n0 + j] : 0;
+        }
+        int32_t oh = 0, ow = 0;
+        for (int32_t m = 0; m < M; m += 2) {
+            int32_t two = m + 1 < M;
+            const int16_t *r0 = conv_row(g, x, zx, oh, ow, strip, &strip_ih, 0, scratch), *r1 = r0;
             next_position(g, &oh, &ow);
-        }
-        int32_t i0 = m * N, i1 = i0 + N;
-        for (int32_t n = 0; n < N; n += 2) {
-            const int8_t *w0 = w + n * K;
-            /* odd N: the last column is computed twice and stored once */
-            const int8_t *w1 = n + 1 < N ? w0 + K : w0;
             if (two) {
-                mt_dot2x2_s16s8(r0, r1, w0, w1, K, acc);
-            } else {
-                mt_dot1x2_s16s8(r0, w0, w1, K, acc);
+                r1 = conv_row(g, x, zx, oh, ow, strip, &strip_ih, r0 != scratch, scratch + K);
+                next_position(g, &oh, &ow);
             }
-            mt_store_output(rq, bias, n, acc[0], y, mask, i0 + n);
-            if (two) {
-                mt_store_output(rq, bias, n, acc[2], y, mask, i1 + n);
-            }
-            if (n + 1 < N) {
-                mt_store_output(rq, bias, n + 1, acc[1], y, mask, i0 + n + 1);
+            for (int32_t j = 0; j < nc; j += 2) {
+                const int8_t *w0 = w + (n0 + j) * K;
+                /* odd N: the last column is computed twice and stored once */
+                const int8_t *w1 = j + 1 < nc ? w0 + K : w0;
                 if (two) {
-                    mt_store_output(rq, bias, n + 1, acc[3], y, mask, i1 + n + 1);
+                    mt_dot2x2_s16s8(r0, r1, w0, w1, K, acc);
+                    acc1[j] = (int32_t)((uint32_t)acc[2] + (uint32_t)bias_c[j]);
+                    acc1[j + 1] = (int32_t)((uint32_t)acc[3] + (uint32_t)bias_c[j + 1]);
+                } else {
+                    mt_dot1x2_s16s8(r0, w0, w1, K, acc);
                 }
+                acc0[j] = (int32_t)((uint32_t)acc[0] + (uint32_t)bias_c[j]);
+                acc0[j + 1] = (int32_t)((uint32_t)acc[1] + (uint32_t)bias_c[j + 1]);
+            }
+            mt_store_run(rq, fast, par, n0, acc0, nc, y, mask, m * N + n0);
+            if (two) {
+                mt_store_run(rq, fast, par, n0, acc1, nc, y, mask, (m + 1) * N + n0);
             }
         }
     }
 }
 
-/* Input index of im2col element (position with corner ih0/iw0, tap kh/kw, channel ci), or -1. */
-static inline int32_t col_index(const mt_geom_t *g, int32_t ih0, int32_t iw0, int32_t kh, int32_t kw, int32_t ci) {
-    int32_t ih = ih0 + kh, iw = iw0 + kw;
-    if (ih < 0 || ih >= g->in_h || iw < 0 || iw >= g->in_w) {
-        return -1;
-    }
-    return (ih * g->in_w + iw) * g->in_c + ci;
+/* col2im of a pair of output positions: walks the im2col columns k = 0, 1, ... (tap kh/kw,
+ * channel ci) and adds column k's values of the two positions into the input gradient.  b0/b1
+ * are the input indices of the current tap's channel 0 for each position, -1 in padding (and
+ * for a missing second position); they change once per tap, not per column. */
+typedef struct {
+    int32_t ih0, iw0, jh0, jw0;   /* window corners of the two positions */
+    int32_t kh, kw, ci;
+    int32_t b0, b1;
+    int32_t two;
+} col2im_t;
+
+static inline int32_t tap_base(const mt_geom_t *g, int32_t ih, int32_t iw) {
+    return ih < 0 || ih >= g->in_h || iw < 0 || iw >= g->in_w ? -1 : (ih * g->in_w + iw) * g->in_c;
 }
 
-static inline void next_tap(const mt_geom_t *g, int32_t *kh, int32_t *kw, int32_t *ci) {
-    if (++*ci == g->in_c) {
-        *ci = 0;
-        if (++*kw == g->k_w) {
-            *kw = 0;
-            ++*kh;
+static inline void col2im_taps(const mt_geom_t *g, col2im_t *c) {
+    c->b0 = tap_base(g, c->ih0 + c->kh, c->iw0 + c->kw);
+    c->b1 = c->two ? tap_base(g, c->jh0 + c->kh, c->jw0 + c->kw) : -1;
+}
+
+static inline void col2im_add(const mt_geom_t *g, col2im_t *c, int32_t v0, int32_t v1, int32_t *gx_acc) {
+    if (c->b0 >= 0) {
+        gx_acc[c->b0 + c->ci] += v0;
+    }
+    if (c->b1 >= 0) {
+        gx_acc[c->b1 + c->ci] += v1;
+    }
+    if (++c->ci == g->in_c) {
+        c->ci = 0;
+        if (++c->kw == g->k_w) {
+            c->kw = 0;
+            ++c->kh;
         }
+        col2im_taps(g, c);
     }
 }
 
@@ -151,23 +186,29 @@ void mt_conv_input_grad(const mt_geom_t *g, const int16_t *gy, const int8_t *w, 
     }
     int32_t oh = 0, ow = 0;
     int32_t acc[4];
+    col2im_t c;
     for (int32_t m = 0; m < M; m += 2) {
-        int32_t two = m + 1 < M;
-        const int16_t *g0 = gy + m * N, *g1 = two ? g0 + N : g0;
-        int32_t ih0 = oh * g->stride_h - g->pad_t, iw0 = ow * g->stride_w - g->pad_l;
+        c.two = m + 1 < M;
+        const int16_t *g0 = gy + m * N, *g1 = c.two ? g0 + N : g0;
+        c.ih0 = oh * g->stride_h - g->pad_t;
+        c.iw0 = ow * g->stride_w - g->pad_l;
         next_position(g, &oh, &ow);
-        int32_t jh0 = oh * g->stride_h - g->pad_t, jw0 = ow * g->stride_w - g->pad_l;
-        if (two) {
+        c.jh0 = oh * g->stride_h - g->pad_t;
+        c.jw0 = ow * g->stride_w - g->pad_l;
+        if (c.two) {
             next_position(g, &oh, &ow);
         }
-        int32_t kh = 0, kw = 0, ci = 0;
+        c.kh = c.kw = c.ci = 0;
+        col2im_taps(g, &c);
         for (int32_t k = 0; k < K; k += 2) {
             if (k + 1 < K) {
-                if (two) {
+                if (c.two) {
                     mt_dot2x2_s16s8_col(g0, g1, w + k, K, N, acc);
                 } else {
                     mt_dot1x2_s16s8_col(g0, w + k, K, N, acc);
                 }
+                col2im_add(g, &c, acc[0], acc[2], gx_acc);
+                col2im_add(g, &c, acc[1], acc[3], gx_acc);
             } else {
                 /* odd K: the last column alone (a pair would read past W) */
                 int32_t s0 = 0, s1 = 0;
@@ -177,26 +218,7 @@ void mt_conv_input_grad(const mt_geom_t *g, const int16_t *gy, const int8_t *w, 
                     s1 += g1[n] * b[0];
                     b += K;
                 }
-                acc[0] = s0;
-                acc[2] = s1;
-            }
-            int32_t i = col_index(g, ih0, iw0, kh, kw, ci);
-            if (i >= 0) {
-                gx_acc[i] += acc[0];
-            }
-            if (two && (i = col_index(g, jh0, jw0, kh, kw, ci)) >= 0) {
-                gx_acc[i] += acc[2];
-            }
-            if (k + 1 < K) {
-                next_tap(g, &kh, &kw, &ci);
-                i = col_index(g, ih0, iw0, kh, kw, ci);
-                if (i >= 0) {
-                    gx_acc[i] += acc[1];
-                }
-                if (two && (i = col_index(g, jh0, jw0, kh, kw, ci)) >= 0) {
-                    gx_acc[i] += acc[3];
-                }
-                next_tap(g, &kh, &kw, &ci);
+                col2im_add(g, &c, s0, s1, gx_acc);
             }
         }
     }
@@ -223,11 +245,21 @@ static void update_row(const mt_geom_t *g, int32_t c, const int32_t *gw, int32_t
         int8_t *row = w + c * taps * g->in_c;
         int32_t mult = u->w_mult[c], shift16 = u->w_shift[c] + g_exp + 16;
         uint32_t s = *u->rng;
+        /* mt_sgd_delta with its fast path hoisted: for shift16 <= -2 the Q16 step is one high-word
+         * product, |v| < 2^29, so its saturation cannot apply */
+        int32_t r = shift16 <= -2 ? (shift16 < -31 ? 29 : -2 - shift16) : -1;
         for (int32_t t = 0; t < taps; t++) {
             int8_t *p = row + t * g->in_c;
             for (int32_t ci = u->cin_lo; ci < u->cin_hi; ci++) {
                 s = mt_xorshift32_step(s);
-                int32_t v = p[ci] - mt_sgd_delta(gw[j++], mult, shift16, s);
+                int32_t d;
+                if (r >= 0) {
+                    int32_t v = ((mt_mul_hi32(gw[j++], mult) >> r) + 1) >> 1;
+                    d = (v + (int32_t)(s >> 16)) >> 16;
+                } else {
+                    d = mt_sgd_delta(gw[j++], mult, shift16, s);
+                }
+                int32_t v = p[ci] - d;
                 p[ci] = (int8_t)(v < -127 ? -127 : v > 127 ? 127 : v);
             }
         }

@@ -32,7 +32,7 @@ void mt_dwconv_forward(const mt_geom_t *g, const int8_t *x, int32_t zx, const in
                             acc += (x[(ih * g->in_w + iw) * g->in_c + ic] - zx) * w[(kh * g->k_w + kw) * oc_n + oc];
                         }
                     }
-                    mt_store_output(rq, bias, oc, acc, y, mask, i + oc);
+                    mt_store_outputs(rq, bias, oc, &acc, 1, y, mask, i + oc);
                 }
             }
             i += oc_n;

@@ -2,11 +2,11 @@
  * Dot-product micro-kernels: the inner loops of every product in microtrain.
  * Blocking 2 rows x 2 columns reuses each loaded operand twice.  The caller bounds `len` so
  * that the int32 sums cannot overflow (see mt_conv.c).  On ARMv6-M, mt_dot_armv6m.S replaces
- * all of them (build with -DMT_DOT_ASM); both are tested against the same reference.
+ * all of them (build with -DMT_ARMV6M_ASM); both are tested against the same reference.
  */
 #include "mt_kernels.h"
 
-#ifndef MT_DOT_ASM
+#ifndef MT_ARMV6M_ASM
 
 void mt_dot2x2_s16s8(const int16_t *a0, const int16_t *a1, const int8_t *b0, const int8_t *b1,
     int32_t len, int32_t *out) {
@@ -83,4 +83,4 @@ void mt_dot2x2_s16s16(const int16_t *a0, const int16_t *a1, const int16_t *b0, c
     out[3] = c11;
 }
 
-#endif /* MT_DOT_ASM */
+#endif /* MT_ARMV6M_ASM */

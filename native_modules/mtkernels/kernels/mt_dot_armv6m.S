@@ -1,6 +1,6 @@
 /*
  * Dot-product micro-kernels for ARMv6-M (Cortex-M0/M0+, Thumb-1), replacing mt_dot.c when the
- * module is built with -DMT_DOT_ASM.  Same names, C ABI and exact integer results as mt_dot.c
+ * module is built with -DMT_ARMV6M_ASM.  Same names, C ABI and exact integer results as mt_dot.c
  * (int32 accumulation; callers bound len so that nothing overflows).
  *
  * Position-independent leaf code: no literal pools, no calls, no data.  r4-r11 are preserved.

@@ -4,6 +4,7 @@
  * logits, per-channel rescaling, power-of-two narrowing to int16 and the activation mask.
  */
 #include "mt_kernels.h"
+#include "mt_fixedpoint.h"
 
 static inline int32_t mask_bit(const uint8_t *mask, int32_t i) {
     return (mask[i >> 3] >> (i & 7)) & 1;
@@ -180,32 +181,41 @@ void mt_grad_rescale(int32_t m, int32_t n, const int16_t *gy, const int32_t *mul
     int16_t *out) {
     for (int32_t i = 0; i < m; i++) {
         for (int32_t c = 0; c < n; c++) {
-            int32_t v = mt_scale_round(*gy++, mult[c], shift[c]);
-            *out++ = (int16_t)(v > 32767 ? 32767 : v < -32768 ? -32768 : v);
+            int32_t v = mt_scale_round_s16(gy[c], mult[c], shift[c]);
+            out[c] = (int16_t)(v > 32767 ? 32767 : v < -32768 ? -32768 : v);
         }
+        gy += n;
+        out += n;
     }
 }
 
 /* Narrow int32 gradients to int16 with a power-of-two scale: r = the smallest shift with
  * max|acc| >> r < 2^14 (one bit of headroom), out = round(acc / 2^r) (ties away from zero),
- * masked entries are 0 and do not count for the max.  Returns r: the caller's g_exp grows by r. */
+ * masked entries are 0 and do not count for the max.  Returns r: the caller's g_exp grows by r.
+ * Both passes walk the mask a byte (eight entries) at a time. */
 int32_t mt_grad_narrow(int32_t n, const int32_t *acc, const uint8_t *mask, int16_t *out) {
     uint32_t max = 0;
-    for (int32_t i = 0; i < n; i++) {
-        if (mask && !mask_bit(mask, i)) {
-            continue;
-        }
-        uint32_t a = acc[i] < 0 ? 0u - (uint32_t)acc[i] : (uint32_t)acc[i];
-        if (a > max) {
-            max = a;
+    for (int32_t i = 0; i < n; i += 8) {
+        uint32_t bits = mask ? mask[i >> 3] : 0xffu;
+        int32_t end = n - i < 8 ? n : i + 8;
+        for (int32_t j = i; j < end; j++, bits >>= 1) {
+            int32_t v = acc[j];
+            uint32_t a = v < 0 ? 0u - (uint32_t)v : (uint32_t)v;
+            if ((bits & 1u) && a > max) {
+                max = a;
+            }
         }
     }
     int32_t r = 0;
     while ((max >> r) >= (1u << 14)) {
         r++;
     }
-    for (int32_t i = 0; i < n; i++) {
-        out[i] = (mask && !mask_bit(mask, i)) ? 0 : (int16_t)mt_rdbpot(acc[i], r);
+    for (int32_t i = 0; i < n; i += 8) {
+        uint32_t bits = mask ? mask[i >> 3] : 0xffu;
+        int32_t end = n - i < 8 ? n : i + 8;
+        for (int32_t j = i; j < end; j++, bits >>= 1) {
+            out[j] = (bits & 1u) ? (int16_t)mt_rdbpot_inline(acc[j], r) : 0;
+        }
     }
     return r;
 }

@@ -22,27 +22,29 @@ int32_t mt_srdhm(int32_t a, int32_t b) {
     return (int32_t)(((uint32_t)hi << 1) | (lo2 >> 31));
 }
 
-/* x / 2^exponent rounded to nearest, ties away from zero; exponent in [0, 31]. */
 int32_t mt_rdbpot(int32_t x, int32_t exponent) {
-    int32_t mask = (int32_t)((1u << exponent) - 1u);
-    int32_t remainder = x & mask;
-    int32_t threshold = (mask >> 1) + (x < 0);
-    return (x >> exponent) + (remainder > threshold);
+    return mt_rdbpot_inline(x, exponent);
 }
 
 int32_t mt_scale_round(int32_t x, int32_t mult, int32_t shift) {
     return mt_scale_round_inline(x, mult, shift);
 }
 
-/* Unsigned division by shift and subtract (the kernels may not call libgcc's divider). d > 0. */
+/* Unsigned division by shift and subtract (the kernels may not call libgcc's divider), over the
+ * quotient's significant bits only.  d > 0. */
 uint32_t mt_udiv(uint32_t n, uint32_t d) {
-    uint32_t q = 0, r = 0;
-    for (int32_t i = 31; i >= 0; i--) {
-        r = (r << 1) | ((n >> i) & 1u);
-        if (r >= d) {
-            r -= d;
-            q |= 1u << i;
+    uint32_t bit = 1, q = 0;
+    while (d <= (n >> 1) && !(d & 0x80000000u)) {
+        d <<= 1;
+        bit <<= 1;
+    }
+    while (bit) {
+        if (n >= d) {
+            n -= d;
+            q |= bit;
         }
+        d >>= 1;
+        bit >>= 1;
     }
     return q;
 }

@@ -19,6 +19,59 @@ static inline int32_t mt_mul_hi_inline(int32_t a, int32_t b, uint32_t *lo) {
     return ah * bh + (t1 >> 16) + (t2 >> 16) + (int32_t)(mid >> 16);
 }
 
+/* High word of the signed 32x32 -> 64 product, floor(a * b / 2^32), from four 16x16 products:
+ * a*b = ah*bh 2^32 + (t1 + s) 2^16 + (ll mod 2^16) with s = t2 + (ll >> 16), which cannot
+ * overflow (|t2| <= 2^31 - 2^16 - 2^15).  On ARMv6-M written out in Thumb-1 (19 instructions;
+ * GCC spends about twice that and spills). */
+static inline int32_t mt_mul_hi32(int32_t a, int32_t b) {
+#if defined(__thumb__) && !defined(__thumb2__)
+    int32_t al, ah, bl, bh, ll;
+    __asm__ (
+        ".syntax unified\n\t"           /* GCC's Thumb-1 output may still be in divided syntax */
+        "uxth  %[al], %[a]\n\t"
+        "asrs  %[ah], %[a], #16\n\t"
+        "uxth  %[bl], %[b]\n\t"
+        "asrs  %[bh], %[b], #16\n\t"
+        "movs  %[ll], %[al]\n\t"
+        "muls  %[ll], %[bl]\n\t"        /* ll = al*bl (unsigned) */
+        "muls  %[bl], %[ah]\n\t"        /* t1 = ah*bl */
+        "muls  %[al], %[bh]\n\t"        /* t2 = al*bh */
+        "muls  %[ah], %[bh]\n\t"        /* hh = ah*bh */
+        "lsrs  %[ll], %[ll], #16\n\t"
+        "adds  %[al], %[ll]\n\t"        /* s = t2 + (ll >> 16) */
+        "uxth  %[ll], %[bl]\n\t"
+        "asrs  %[bl], %[bl], #16\n\t"
+        "adds  %[ah], %[bl]\n\t"
+        "uxth  %[bl], %[al]\n\t"
+        "asrs  %[al], %[al], #16\n\t"
+        "adds  %[ah], %[al]\n\t"
+        "adds  %[ll], %[bl]\n\t"
+        "lsrs  %[ll], %[ll], #16\n\t"
+        "adds  %[ah], %[ll]\n\t"
+        ".syntax divided\n\t"
+        : [al] "=&l" (al), [ah] "=&l" (ah), [bl] "=&l" (bl), [bh] "=&l" (bh), [ll] "=&l" (ll)
+        : [a] "l" (a), [b] "l" (b)
+        : "cc");
+    return ah;
+#else
+    uint32_t al = (uint32_t)a & 0xffffu, bl = (uint32_t)b & 0xffffu;
+    int32_t ah = a >> 16, bh = b >> 16;
+    uint32_t ll = al * bl;
+    int32_t t1 = ah * (int32_t)bl;
+    int32_t s = (int32_t)al * bh + (int32_t)(ll >> 16);
+    return ah * bh + (t1 >> 16) + (s >> 16) + (int32_t)((((uint32_t)t1 & 0xffffu) + ((uint32_t)s & 0xffffu)) >> 16);
+#endif
+}
+
+/* x / 2^exponent rounded to nearest, ties away from zero; exponent in [0, 31] (gemmlowp's
+ * RoundingDivideByPOT). */
+static inline int32_t mt_rdbpot_inline(int32_t x, int32_t exponent) {
+    int32_t mask = (int32_t)((1u << exponent) - 1u);
+    int32_t remainder = x & mask;
+    int32_t threshold = (mask >> 1) + (x < 0);
+    return (x >> exponent) + (remainder > threshold);
+}
+
 /* round(x * mult * 2^(shift - 31)), ties upward, saturated to int32; shift clamped to [-31, 31].
  * One rounding of the exact 64-bit product: TFLite's MultiplyByQuantizedMultiplier as built
  * with TFLITE_SINGLE_ROUNDING, which ai-edge-litert's reference kernels use (where TFLite
@@ -68,12 +121,23 @@ static inline int32_t mt_scale_round_fast(int32_t x, int32_t mult, int32_t shift
         if (shift < -31) {
             shift = -31;
         }
-        uint32_t lo;
-        int32_t hi = mt_mul_hi_inline(x, mult, &lo);
-        int32_t r = -1 - shift;   /* 31 - shift - 32, in [1, 30] */
-        return (hi + (int32_t)(1u << (r - 1))) >> r;
+        int32_t r = -2 - shift;   /* 31 - shift - 32 - 1, in [0, 29] */
+        return ((mt_mul_hi32(x, mult) >> r) + 1) >> 1;
     }
     return mt_scale_round_inline(x, mult, shift);
+}
+
+/* mt_scale_round for an int16 x (gradients): with shift in [-1, 14] (a right shift r = 31 - shift
+ * of 17..32) the product x * mult = A 2^16 + B splits into two int32 products, A = x * (mult >> 16)
+ * and B = x * (mult & 0xffff), and round(x * mult / 2^r) = (A + (B >> 16) + 2^(r-17)) >> (r - 16)
+ * (the low 16 bits of B are below the rounding bit).  Other shifts take mt_scale_round_fast. */
+static inline int32_t mt_scale_round_s16(int32_t x, int32_t mult, int32_t shift) {
+    if (shift >= -1 && shift <= 14) {
+        int32_t t = x * (mult >> 16) + ((x * (int32_t)((uint32_t)mult & 0xffffu)) >> 16);
+        int32_t r = 31 - shift;
+        return (t + (1 << (r - 17))) >> (r - 16);
+    }
+    return mt_scale_round_fast(x, mult, shift);
 }
 
 /* Marsaglia xorshift32 (13, 17, 5) on a local copy of the state. */

@@ -67,9 +67,24 @@ uint32_t mt_xorshift32(uint32_t *state);
 int32_t mt_sat_add(int32_t a, int32_t b);
 
 /* ---- shared by the layer kernels ---- */
-/* Forward epilogue: y[i] = clamp(requantize(acc + bias[c]) + zy), mask bit i = not clamped. */
-void mt_store_output(const mt_requant_t *rq, const int32_t *bias, int32_t c, int32_t acc,
-    int8_t *y, uint8_t *mask, int32_t i);
+/* ---- forward epilogue (mt_requant.c, mt_requant_armv6m.S) ---- */
+/* Channels c0..c0+n-1 of one position: y[i0 + j] = clamp(requantize(acc[j] + bias[c0 + j]) + zy),
+ * mask bit i0 + j = not clamped (mask may be NULL, bias may be NULL). */
+void mt_store_outputs(const mt_requant_t *rq, const int32_t *bias, int32_t c0, const int32_t *acc,
+    int32_t n, int8_t *y, uint8_t *mask, int32_t i0);
+/* Mask bits i0..i0+n-1 = bits 0..n-1 of `bits` (n <= 32). */
+void mt_put_mask_bits(uint8_t *mask, int32_t i0, uint32_t bits, int32_t n);
+/* A chunk of at most MT_RUN_MAX channels: par = zy, act_min, act_max, then per channel
+ * (mult, -2 - shift).  Returns 1 if mt_requant_run applies (single rounding, every shift <= -2). */
+#define MT_RUN_MAX 16
+#define MT_RUN_PARAMS (3 + 2 * MT_RUN_MAX)
+int32_t mt_requant_prepare(const mt_requant_t *rq, int32_t c0, int32_t n, int32_t *par);
+/* y[j] = clamp(round(acc[j] * mult_j * 2^(shift_j - 31)) + zy) for j < n <= 32 (bias already in
+ * acc); returns bit j set iff output j was not clamped. */
+uint32_t mt_requant_run(const int32_t *acc, int32_t n, int8_t *y, const int32_t *par);
+/* mt_requant_run with its mask bits if `fast`, else mt_store_outputs (bias already in acc). */
+void mt_store_run(const mt_requant_t *rq, int32_t fast, const int32_t *par, int32_t c0, const int32_t *acc,
+    int32_t n, int8_t *y, uint8_t *mask, int32_t i0);
 /* SGD step of one parameter (mt_update.c): stochastic rounding of grad * f * 2^g_exp. */
 int32_t mt_sgd_step(int32_t grad, int32_t mult, int32_t shift, int32_t g_exp, uint32_t *rng);
 

@@ -13,30 +13,34 @@
 
 #define MT_AVGPOOL_GRAD_BITS 13
 
+/* Window of output (oh, ow) clipped to the input: [h0, h1) x [w0, w1). */
+static void window(const mt_geom_t *g, int32_t oh, int32_t ow, int32_t *h0, int32_t *h1, int32_t *w0, int32_t *w1) {
+    int32_t ih0 = oh * g->stride_h - g->pad_t, iw0 = ow * g->stride_w - g->pad_l;
+    *h0 = ih0 < 0 ? 0 : ih0;
+    *w0 = iw0 < 0 ? 0 : iw0;
+    *h1 = ih0 + g->k_h > g->in_h ? g->in_h : ih0 + g->k_h;
+    *w1 = iw0 + g->k_w > g->in_w ? g->in_w : iw0 + g->k_w;
+}
+
 void mt_maxpool_forward(const mt_geom_t *g, const int8_t *x, int8_t *y) {
     int32_t c_n = g->in_c;
     for (int32_t oh = 0; oh < g->out_h; oh++) {
-        for (int32_t ow = 0; ow < g->out_w; ow++) {
-            int32_t ih0 = oh * g->stride_h - g->pad_t, iw0 = ow * g->stride_w - g->pad_l;
+        for (int32_t ow = 0; ow < g->out_w; ow++, y += c_n) {
+            int32_t h0, h1, w0, w1;
+            window(g, oh, ow, &h0, &h1, &w0, &w1);
+            int32_t n_w = w1 - w0, skip = (g->in_w - n_w) * c_n;
+            const int8_t *p0 = x + (h0 * g->in_w + w0) * c_n;
             for (int32_t c = 0; c < c_n; c++) {
-                int32_t best = -128;
-                for (int32_t kh = 0; kh < g->k_h; kh++) {
-                    int32_t ih = ih0 + kh;
-                    if (ih < 0 || ih >= g->in_h) {
-                        continue;
-                    }
-                    for (int32_t kw = 0; kw < g->k_w; kw++) {
-                        int32_t iw = iw0 + kw;
-                        if (iw < 0 || iw >= g->in_w) {
-                            continue;
-                        }
-                        int32_t v = x[(ih * g->in_w + iw) * c_n + c];
-                        if (v > best) {
-                            best = v;
+                int32_t best = -128;   /* also the value of a window that is all padding */
+                const int8_t *p = p0 + c;
+                for (int32_t ih = h0; ih < h1; ih++, p += skip) {
+                    for (int32_t iw = 0; iw < n_w; iw++, p += c_n) {
+                        if (*p > best) {
+                            best = *p;
                         }
                     }
                 }
-                *y++ = (int8_t)best;
+                y[c] = (int8_t)best;
             }
         }
     }
@@ -49,43 +53,28 @@ void mt_maxpool_input_grad(const mt_geom_t *g, const int8_t *x, const int16_t *g
         gx_acc[i] = 0;
     }
     for (int32_t oh = 0; oh < g->out_h; oh++) {
-        for (int32_t ow = 0; ow < g->out_w; ow++) {
-            int32_t ih0 = oh * g->stride_h - g->pad_t, iw0 = ow * g->stride_w - g->pad_l;
+        for (int32_t ow = 0; ow < g->out_w; ow++, gy += c_n) {
+            int32_t h0, h1, w0, w1;
+            window(g, oh, ow, &h0, &h1, &w0, &w1);
+            if (h0 >= h1 || w0 >= w1) {
+                continue;
+            }
             for (int32_t c = 0; c < c_n; c++) {
-                int32_t best = -129, at = -1;
-                for (int32_t kh = 0; kh < g->k_h; kh++) {
-                    int32_t ih = ih0 + kh;
-                    if (ih < 0 || ih >= g->in_h) {
-                        continue;
-                    }
-                    for (int32_t kw = 0; kw < g->k_w; kw++) {
-                        int32_t iw = iw0 + kw;
-                        if (iw < 0 || iw >= g->in_w) {
-                            continue;
-                        }
-                        int32_t i = (ih * g->in_w + iw) * c_n + c;
+                /* the first maximum in row-major window order */
+                int32_t best = -129, at = 0;
+                for (int32_t ih = h0; ih < h1; ih++) {
+                    int32_t i = (ih * g->in_w + w0) * c_n + c;
+                    for (int32_t iw = w0; iw < w1; iw++, i += c_n) {
                         if (x[i] > best) {
                             best = x[i];
                             at = i;
                         }
                     }
                 }
-                int32_t gv = *gy++;
-                if (at >= 0) {
-                    gx_acc[at] += gv;
-                }
+                gx_acc[at] += gy[c];
             }
         }
     }
-}
-
-/* Window of output (oh, ow) clipped to the input: [h0, h1) x [w0, w1). */
-static void window(const mt_geom_t *g, int32_t oh, int32_t ow, int32_t *h0, int32_t *h1, int32_t *w0, int32_t *w1) {
-    int32_t ih0 = oh * g->stride_h - g->pad_t, iw0 = ow * g->stride_w - g->pad_l;
-    *h0 = ih0 < 0 ? 0 : ih0;
-    *w0 = iw0 < 0 ? 0 : iw0;
-    *h1 = ih0 + g->k_h > g->in_h ? g->in_h : ih0 + g->k_h;
-    *w1 = iw0 + g->k_w > g->in_w ? g->in_w : iw0 + g->k_w;
 }
 
 void mt_avgpool_forward(const mt_geom_t *g, const int8_t *x, int32_t act_min, int32_t act_max, int8_t *y) {
@@ -94,12 +83,13 @@ void mt_avgpool_forward(const mt_geom_t *g, const int8_t *x, int32_t act_min, in
         for (int32_t ow = 0; ow < g->out_w; ow++) {
             int32_t h0, h1, w0, w1;
             window(g, oh, ow, &h0, &h1, &w0, &w1);
-            int32_t count = (h1 - h0) * (w1 - w0);
+            int32_t count = h1 > h0 && w1 > w0 ? (h1 - h0) * (w1 - w0) : 0;
             for (int32_t c = 0; c < c_n; c++) {
                 int32_t sum = 0;
                 for (int32_t ih = h0; ih < h1; ih++) {
-                    for (int32_t iw = w0; iw < w1; iw++) {
-                        sum += x[(ih * g->in_w + iw) * c_n + c];
+                    const int8_t *p = x + (ih * g->in_w + w0) * c_n + c;
+                    for (int32_t iw = w0; iw < w1; iw++, p += c_n) {
+                        sum += *p;
                     }
                 }
                 int32_t v = count > 0 ? mt_div_round_away(sum, count) : 0;
