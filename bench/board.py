@@ -2,7 +2,7 @@
 IMU model on the emulated 256 KB Cortex-M0 board (MicroPython in qemu, firmware/qemuport), per
 update policy, turned into an estimate at 125 MHz.  Writes bench/board.json.
 
-    python -m bench.board [--steps 16] [--out bench/board.json] [--no-cycle-model]
+    python -m bench.board [--steps 16] [--traced 2] [--out bench/board.json]
 
 How instructions are counted.  qemu runs with `-icount shift=0`: every guest instruction advances
 virtual time by exactly 1 ns, so the board's virtual clock (qemu.clock_ns(), the nRF51 TIMER0 at
@@ -18,10 +18,12 @@ deterministic.  On the board:
   - orchestration = total - kernels: the interpreter running the board library (trainer.py,
     model.py, telemetry), including the call dispatch of every kernel call.
 Estimated time at 125 MHz = kernel instructions x CPI of the kernels + orchestration instructions
-x CPI of interpreter code.  The kernel CPI comes from the Cortex-M0+ cycle model (tools/m0sim.py:
-single-cycle multiplier, zero-wait-state SRAM) running this model's conv kernels (forward, input
-gradient, update) with the ARMv6-M assembly dot products; the interpreter CPI is 1.6, assumed (not
-measured: the cycle model runs the kernels, not the whole firmware).
+x CPI of interpreter code.  Both CPIs are measured on the board: qemu's monitor switches it to one
+instruction per translation block and logs every block executed while it runs --traced training
+steps and inferences; every instruction of that trace is priced with the Cortex-M0+ cycle model of
+tools/m0sim.py (single-cycle multiplier, zero-wait-state memory) and attributed to the kernels (code
+linked from the mtkernels objects, by the linker map) or to the rest (interpreter, runtime, library).
+As a cross-check, the kernel CPI of this model's conv kernels alone on tools/m0sim is recorded too.
 """
 
 import argparse
@@ -43,8 +45,6 @@ from qemu_board import QemuBoard, exec_raw, firmware_path  # noqa: E402
 
 POLICIES = ("sparse", "full", "bias-only")
 CLOCK_HZ = 125_000_000
-CPI_INTERPRETER = 1.6
-CPI_KERNELS_FALLBACK = 1.3
 BARS = {"train_step_ms_125mhz": 20.0, "inference_ms_125mhz": 6.0, "orchestration_fraction": 0.30}
 
 
@@ -257,6 +257,93 @@ def measure_policy(t, model, policy, xq, labels, n):
     return r
 
 
+# ---- cycles per instruction from an instruction trace of the board --------------------------------
+#
+# qemu's monitor switches the running board to one instruction per translation block and logs every
+# block executed (`-d exec,nochain`), so the log is the board's instruction trace: the program
+# counter of every instruction.  Each one is priced with the Cortex-M0+ cycle model of tools/m0sim.py
+# (the opcode from the firmware image, a branch taken when the next PC is not the next
+# instruction), and attributed to the kernels (binding and kernels: code from the objects under
+# mtkernels/ in the linker map) or to everything else (the interpreter, the runtime, the library).
+
+TRACE_RUN = "qemu.nop()\nsteps({n}, 0)\ninfer({n})\nqemu.nop()\n"
+
+
+def kernel_ranges(elf):
+    """Sorted [start, end) address ranges of the code linked from the mtkernels objects (firmware.map)."""
+    import re
+    ranges = []
+    text = open(os.path.splitext(elf)[0] + ".map").read()
+    text = text[text.index("Linker script and memory map"):]
+    for m in re.finditer(r"^ \.text\S*\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+(\S+\.o)$", text, re.M):
+        a, n, obj = int(m.group(1), 16), int(m.group(2), 16), m.group(3)
+        if n and "/mtkernels/" in obj:
+            ranges.append((a, a + n))
+    return sorted(ranges)
+
+
+def trace_cycles(trace_path, elf):
+    """{'kernels': [instructions, cycles], 'other': [...]} of the trace between the first and the
+    last call of qemu.nop() (the markers of TRACE_RUN)."""
+    import bisect
+    from tools.m0sim import insn_cycles
+    image_path = elf + ".text.bin"
+    subprocess.run(["arm-none-eabi-objcopy", "-O", "binary", "-j", ".isr_vector", "-j", ".text", elf, image_path],
+                   check=True)
+    image = open(image_path, "rb").read()
+    os.remove(image_path)
+    ranges = kernel_ranges(elf)
+    starts = [a for a, _ in ranges]
+
+    def is_kernel(pc):
+        i = bisect.bisect_right(starts, pc) - 1
+        return i >= 0 and pc < ranges[i][1]
+
+    pcs = []
+    marks = []
+    with open(trace_path) as f:
+        for line in f:
+            if not line.startswith("Trace "):
+                continue
+            pc = int(line.split("[", 1)[1].split("/", 2)[1], 16)
+            if line.rstrip().endswith(" qemu_nop"):
+                marks.append(len(pcs))
+            pcs.append(pc)
+    if len(marks) < 2:
+        raise RuntimeError(f"{trace_path}: the qemu.nop() markers are missing")
+    acc = {"kernels": [0, 0], "other": [0, 0]}
+    kcache = {}
+    for j in range(marks[0], marks[-1]):
+        pc, nxt = pcs[j], pcs[j + 1]
+        op = image[pc] | image[pc + 1] << 8
+        size = 4 if op >> 11 in (0b11101, 0b11110, 0b11111) else 2
+        op2 = image[pc + 2] | image[pc + 3] << 8 if size == 4 else 0
+        k = kcache.get(pc)
+        if k is None:
+            k = kcache[pc] = is_kernel(pc)
+        a = acc["kernels" if k else "other"]
+        a[0] += 1
+        a[1] += insn_cycles(op, op2, nxt != pc + size)
+    return acc
+
+
+def traced_cpi(board, t, elf, n=2):
+    """Run n training steps and n inferences of the BENCH_SCRIPT session traced (see above);
+    returns {'kernels': cpi, 'other': cpi, 'instructions': {...}}."""
+    trace = board.logfile
+    board.monitor("singlestep on")
+    board.monitor("log exec,nochain")
+    try:
+        exec_raw(t, TRACE_RUN.format(n=n), timeout=600)
+    finally:
+        board.monitor("log none")
+        board.monitor("singlestep off")
+    acc = trace_cycles(trace, elf)
+    os.remove(trace)
+    return {"kernels": acc["kernels"][1] / acc["kernels"][0], "other": acc["other"][1] / acc["other"][0],
+            "instructions": {k: v[0] for k, v in acc.items()}, "cycles": {k: v[1] for k, v in acc.items()}}
+
+
 def kernel_cpi(model):
     """Cycles per instruction of this model's conv kernels in the Cortex-M0+ cycle model (tools/m0sim,
     ARMv6-M assembly dot products): forward, input gradient and update of every conv layer."""
@@ -275,77 +362,83 @@ def kernel_cpi(model):
     return cyc / ins, per
 
 
-def estimate_ms(kernel_instr, other_instr, cpi_k):
-    return (kernel_instr * cpi_k + other_instr * CPI_INTERPRETER) / CLOCK_HZ * 1e3
+def estimate_ms(kernel_instr, other_instr, cpi_k, cpi_i):
+    return (kernel_instr * cpi_k + other_instr * cpi_i) / CLOCK_HZ * 1e3
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=16, help="timed training steps / inferences per policy")
+    ap.add_argument("--traced", type=int, default=2, help="training steps and inferences in the CPI trace")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "board.json"))
-    ap.add_argument("--no-cycle-model", action="store_true",
-                    help=f"use CPI {CPI_KERNELS_FALLBACK} for the kernels instead of running tools/m0sim")
     args = ap.parse_args(argv)
     t_start = time.time()
     elf = ensure_firmware("kernels")
     split = sram_split(elf)
     model, xq, labels = imu_data(max(args.steps, 8))
-    if args.no_cycle_model:
-        cpi_k, cpi_src, cpi_per = CPI_KERNELS_FALLBACK, "assumed (bench/kernels.json: 1.27-1.34)", {}
-    else:
-        cpi_k, cpi_per = kernel_cpi(model)
-        cpi_src = "tools/m0sim Cortex-M0+ cycle model, this model's conv kernels (asm dot products)"
-    records = []
-    with QemuBoard(variant="kernels") as b:
+    cpi_m0sim, cpi_per = kernel_cpi(model)
+    runs = {}
+    work = os.path.join(ROOT, "build", "bench")
+    os.makedirs(work, exist_ok=True)
+    with QemuBoard(variant="kernels", monitor=os.path.join(work, "monitor.sock"),
+                   logfile=os.path.join(work, "trace.log")) as b:
         t = b.transport()
         for policy in POLICIES:
-            r = measure_policy(t, model, policy, xq, labels, args.steps)
-            n = args.steps
-            ti = sum(r["train_total"]) / n
-            ii = sum(r["infer_total"]) / n
-            inside = r["prof_inside"]
-            tk = (r["train_kernel"] - r["train_calls"] * inside) / n
-            ik = (r["infer_kernel"] - r["infer_calls"] * inside) / n
-            rec = {
-                "policy": policy,
-                "train_step_ms_125mhz": round(estimate_ms(tk, ti - tk, cpi_k), 3),
-                "inference_ms_125mhz": round(estimate_ms(ik, ii - ik, cpi_k), 3),
-                "orchestration_fraction": round((ti - tk) / ti, 4),
-                "inference_orchestration_fraction": round((ii - ik) / ii, 4),
-                "peak_heap_bytes": r["peak"],
-                "live_heap_bytes": r["live"],
-                "library_heap_bytes": r["base"],
-                "model_heap_bytes": r["model"] - r["base"],
-                "trainer_heap_bytes": r["loaded"] - r["model"],
-                "planned_bytes": r["planned_bytes"],
-                "heap_bytes": r["heap"],
-                "sram_linked_bytes": split["linked"],
-                "train_step_instructions": round(ti),
-                "train_step_kernel_instructions": round(tk),
-                "train_step_kernel_calls": r["train_calls"] // n,
-                "inference_instructions": round(ii),
-                "inference_kernel_instructions": round(ik),
-                "train_step_instructions_min_max": [min(r["train_total"]), max(r["train_total"])],
-                "kernels_per_step": {name: {"calls": c // n, "instructions": round((ns - c * inside) / n)}
-                                     for name, c, ns in sorted(r["train_detail"])},
-                "kernels_per_inference": {name: {"calls": c // n, "instructions": round((ns - c * inside) / n)}
-                                          for name, c, ns in sorted(r["infer_detail"])},
-                # Trainer.step calls gc.mem_free() once (telemetry); in MicroPython 1.23 that walks
-                # the whole allocation table of the heap.  What the step would cost without it:
-                "gc_mem_free_instructions": r["mem_free_ns"],
-                "train_step_ms_125mhz_without_mem_free": round(
-                    estimate_ms(tk, ti - tk - r["mem_free_ns"], cpi_k), 3),
-                "orchestration_fraction_without_mem_free": round(
-                    (ti - tk - r["mem_free_ns"]) / (ti - r["mem_free_ns"]), 4),
-                "backend": r["backend"],
-            }
-            if policy == "sparse":
-                rec["bars"] = {k: {"bar": v, "value": rec[k], "met": rec[k] <= v} for k, v in BARS.items()}
-            records.append(rec)
-            print(f"{policy:9} step {rec['train_step_instructions']:>9} instr ({rec['train_step_kernel_instructions']:>8} "
-                  f"in kernels, orchestration {rec['orchestration_fraction']:.1%}) -> {rec['train_step_ms_125mhz']:.2f} ms"
-                  f" | inference {rec['inference_instructions']:>8} instr -> {rec['inference_ms_125mhz']:.2f} ms"
-                  f" | heap peak {rec['peak_heap_bytes']} / {rec['heap_bytes']} B", flush=True)
+            runs[policy] = measure_policy(t, model, policy, xq, labels, args.steps)
+            if policy == "sparse":      # the session of the default policy is traced
+                cpi = traced_cpi(b, t, elf, n=args.traced)
+    cpi_k, cpi_i = cpi["kernels"], cpi["other"]
+    records = []
+    for policy in POLICIES:
+        r = runs[policy]
+        n = args.steps
+        ti = sum(r["train_total"]) / n
+        ii = sum(r["infer_total"]) / n
+        inside = r["prof_inside"]
+        tk = (r["train_kernel"] - r["train_calls"] * inside) / n
+        ik = (r["infer_kernel"] - r["infer_calls"] * inside) / n
+        rec = {
+            "policy": policy,
+            "train_step_ms_125mhz": round(estimate_ms(tk, ti - tk, cpi_k, cpi_i), 3),
+            "inference_ms_125mhz": round(estimate_ms(ik, ii - ik, cpi_k, cpi_i), 3),
+            "orchestration_fraction": round((ti - tk) / ti, 4),
+            "inference_orchestration_fraction": round((ii - ik) / ii, 4),
+            "peak_heap_bytes": r["peak"],
+            "live_heap_bytes": r["live"],
+            "library_heap_bytes": r["base"],
+            "model_heap_bytes": r["model"] - r["base"],
+            "trainer_heap_bytes": r["loaded"] - r["model"],
+            "planned_bytes": r["planned_bytes"],
+            "heap_bytes": r["heap"],
+            "sram_linked_bytes": split["linked"],
+            "train_step_instructions": round(ti),
+            "train_step_kernel_instructions": round(tk),
+            "train_step_kernel_calls": r["train_calls"] // n,
+            "inference_instructions": round(ii),
+            "inference_kernel_instructions": round(ik),
+            "train_step_instructions_min_max": [min(r["train_total"]), max(r["train_total"])],
+            "kernels_per_step": {name: {"calls": c // n, "instructions": round((ns - c * inside) / n)}
+                                 for name, c, ns in sorted(r["train_detail"])},
+            "kernels_per_inference": {name: {"calls": c // n, "instructions": round((ns - c * inside) / n)}
+                                      for name, c, ns in sorted(r["infer_detail"])},
+            # Trainer.step calls gc.mem_free() once (telemetry); in MicroPython 1.23 that walks
+            # the whole allocation table of the heap.  What the step would cost without it:
+            "gc_mem_free_instructions": r["mem_free_ns"],
+            "train_step_ms_125mhz_without_mem_free": round(
+                estimate_ms(tk, ti - tk - r["mem_free_ns"], cpi_k, cpi_i), 3),
+            "orchestration_fraction_without_mem_free": round(
+                (ti - tk - r["mem_free_ns"]) / (ti - r["mem_free_ns"]), 4),
+            "backend": r["backend"],
+        }
+        if policy == "sparse":
+            rec["bars"] = {k: {"bar": v, "value": rec[k], "met": rec[k] <= v} for k, v in BARS.items()}
+        records.append(rec)
+        print(f"{policy:9} step {rec['train_step_instructions']:>9} instr ({rec['train_step_kernel_instructions']:>8} "
+              f"in kernels, orchestration {rec['orchestration_fraction']:.1%}) -> {rec['train_step_ms_125mhz']:.2f} ms"
+              f" | inference {rec['inference_instructions']:>8} instr -> {rec['inference_ms_125mhz']:.2f} ms"
+              f" | heap peak {rec['peak_heap_bytes']} / {rec['heap_bytes']} B", flush=True)
+    print(f"cycles per instruction (traced, M0+ model): kernels {cpi_k:.3f}, other code {cpi_i:.3f}; "
+          f"kernels on tools/m0sim: {cpi_m0sim:.3f}")
     meta = {
         "board": "qemu-system-arm -M microbit, Cortex-M0, 256 KB SRAM (firmware/qemuport, kernels built in)",
         "model": "reference IMU model (zoo.imu_reference(0)), batch 1, planner word_bytes=4",
@@ -354,10 +447,15 @@ def main(argv=None):
                    "profiler's own cost per call (profiled no-op)"),
         "clock_hz": CLOCK_HZ,
         "cpi_kernels": round(cpi_k, 3),
-        "cpi_kernels_source": cpi_src,
-        "cpi_kernels_per_layer": cpi_per,
-        "cpi_interpreter": CPI_INTERPRETER,
-        "cpi_interpreter_source": "assumed, not measured",
+        "cpi_interpreter": round(cpi_i, 3),
+        "cpi_source": (f"measured: an instruction trace of {args.traced} training steps and {args.traced} "
+                       "inferences of the sparse policy on the board (qemu singlestep + exec log), each "
+                       "instruction priced with the Cortex-M0+ cycle model of tools/m0sim.py (zero-wait-state "
+                       "memory); kernels = code of the mtkernels objects (linker map), interpreter = all other code"),
+        "cpi_traced_instructions": cpi["instructions"],
+        "cpi_kernels_m0sim": round(cpi_m0sim, 3),
+        "cpi_kernels_m0sim_per_layer": cpi_per,
+        "cpi_kernels_m0sim_source": "cross-check: this model's conv kernels alone on tools/m0sim (bench/kernels.py)",
         "steps_timed": args.steps,
         "sram": split,
         "profiler_inside_instructions_per_call": r["prof_inside"],

@@ -27,7 +27,8 @@ from microtrain.quant import quantize_multipliers  # noqa: E402
 from tools.m0sim import M0Sim, pack_struct  # noqa: E402
 
 KERNELS = os.path.join(ROOT, "native_modules", "mtkernels", "kernels")
-REQUANT_FUNCTIONS = ("mt_store_outputs", "mt_requantize", "mt_scale_round", "mt_mul_hi", "mt_srdhm", "mt_rdbpot")
+REQUANT_FUNCTIONS = ("mt_store_run", "mt_requant_run", "mt_requant_prepare", "mt_put_mask_bits", "mt_store_outputs",
+                     "mt_requantize", "mt_scale_round", "mt_mul_hi", "mt_srdhm", "mt_rdbpot")
 
 
 def build(impl):

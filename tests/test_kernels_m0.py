@@ -84,6 +84,16 @@ def test_dot_kernels_odd_lengths(sim):
         assert list(got) == exp, n
         sim.call("mt_dot1x2_s16s8", p[0], p[2], p[3], n, out)
         assert list(np.frombuffer(sim.read(out, 8), np.int32)) == exp[:2], n
+        # all column pairs of a 4 x n matrix in one call, from a bias (and from 0)
+        w4 = rng.integers(-128, 128, (4, n)).astype(np.int8)
+        bias = rng.integers(-(1 << 20), 1 << 20, 4).astype(np.int32)
+        pw, pb = be.put(w4.tobytes() + b"\xa5"), be.put(bias.tobytes())
+        o0, o1 = be.put(bytes(20)), be.put(bytes(20))
+        for bp, bv in ((pb, bias), (0, np.zeros(4, np.int32))):
+            sim.call("mt_dot2xn_s16s8", p[0], p[1], pw, n, 4, bp, o0, o1)
+            for o, x in ((o0, a0), (o1, a1)):
+                exp_n = [int(bv[j]) + int(np.dot(x.astype(np.int64), w4[j].astype(np.int64))) for j in range(4)]
+                assert list(np.frombuffer(sim.read(o, 20), np.int32)) == exp_n + [0], n
         # column form: b as an n x 3 matrix, columns 0 and 1
         m = rng.integers(-128, 128, (n, 3)).astype(np.int8)
         pm = be.put(m.tobytes())

@@ -377,3 +377,32 @@ def test_microtrain_cli_push_and_train(firmware, tmp_path):
         t = b.transport()
         assert exec_raw(t, "import os\nprint(sorted(os.listdir('lib')), os.stat('model.mtm')[6])").split()[-1] \
             == str(os.path.getsize(tmp_path / "m.mtm"))
+
+
+def test_instruction_trace_is_complete_and_priced(firmware, tmp_path):
+    """The CPI measurement of `make bench` (bench/board.py): with qemu switched to one instruction
+    per block and the exec log on, the trace between the markers holds every instruction the
+    board's -icount clock counted, and the kernel's instructions are attributed to the kernels."""
+    from bench.board import trace_cycles
+    elf = firmware[("microbit", "kernels")]
+    log = str(tmp_path / "trace.log")
+    with QemuBoard(variant="kernels", elf=elf, monitor=str(tmp_path / "monitor.sock"), logfile=log) as b:
+        t = b.transport()
+        exec_raw(t, "import qemu, mtkernels\nbuf = bytearray(4096)\nfor i in range(4096):\n    buf[i] = i & 255\n")
+        b.monitor("singlestep on")
+        b.monitor("log exec,nochain")
+        out = exec_raw(t, "qemu.nop()\nc0 = qemu.clock_ns()\nc = mtkernels.crc32(buf)\nc1 = qemu.clock_ns()\n"
+                          "qemu.nop()\nprint(c1 - c0, c)")
+        b.monitor("log none")
+        b.monitor("singlestep off")
+    ns, crc = (int(v) for v in out.split())
+    import zlib
+    assert crc == zlib.crc32(bytes(range(256)) * 16)
+    acc = trace_cycles(log, elf)
+    traced = acc["kernels"][0] + acc["other"][0]
+    # the clock counts instructions between its two reads (62.5 ns resolution); the trace also
+    # holds the two nop calls and the clock calls around them
+    assert ns - 63 <= traced <= ns + 3000, (ns, traced)
+    assert acc["kernels"][0] >= 4096 * 5            # the byte loop of mt_crc32 is in the kernels
+    assert 1.0 < acc["kernels"][1] / acc["kernels"][0] < 2.0
+    assert 1.0 < acc["other"][1] / acc["other"][0] < 3.0

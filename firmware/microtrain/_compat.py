@@ -33,6 +33,12 @@ except (ImportError, AttributeError):
         pass
 
 try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+try:
     import micropython
 
     mem_peak = micropython.mem_peak if hasattr(micropython, "mem_peak") else None

@@ -8,9 +8,14 @@ import struct
 
 from . import backend
 from . import modelfile
-from ._compat import typed
+from ._compat import const, typed
 
-OP_CONV, OP_DWCONV, OP_MAXPOOL, OP_AVGPOOL, OP_SOFTMAX = range(5)
+# layer kinds (const: MicroPython folds them into the code instead of looking up a global)
+OP_CONV = const(0)
+OP_DWCONV = const(1)
+OP_MAXPOOL = const(2)
+OP_AVGPOOL = const(3)
+OP_SOFTMAX = const(4)
 
 
 class Layer:
@@ -104,8 +109,10 @@ class Model:
         """The forward pass through prepared views; returns the probabilities' view."""
         k = self.kernels
         scratch = self.scratch
-        for l, v in zip(self.layers, views):
-            x, y, m = v
+        layers = self.layers
+        for i in range(len(layers)):
+            l = layers[i]
+            x, y, m = views[i]
             op = l.op
             if op == OP_CONV:
                 k.conv_forward(l.geom, x, l.zx, l.w, l.b, l.mult, l.shift, l.zy, l.act_min, l.act_max,

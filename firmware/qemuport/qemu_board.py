@@ -44,11 +44,15 @@ def firmware_path(board="microbit", variant="kernels"):
     return os.path.join(build_dir(board, variant), "firmware.elf")
 
 
-def qemu_command(elf, board="microbit", icount=True, serial="pty"):
+def qemu_command(elf, board="microbit", icount=True, serial="pty", monitor=None, logfile=None):
+    """monitor: a unix socket path for qemu's human monitor (see QemuBoard.monitor), or None."""
     cmd = ["qemu-system-arm", *MACHINES[board]]
     if icount:
         cmd += ["-icount", "shift=0"]
-    cmd += ["-display", "none", "-monitor", "none", "-serial", serial, "-kernel", elf]
+    cmd += ["-display", "none", "-monitor", f"unix:{monitor},server=on,wait=off" if monitor else "none",
+            "-serial", serial, "-kernel", elf]
+    if logfile:
+        cmd += ["-D", logfile]
     return cmd
 
 
@@ -64,13 +68,16 @@ def _die_with_parent():
 class QemuBoard:
     """qemu running the firmware, UART on a fresh pty (`self.port`)."""
 
-    def __init__(self, board="microbit", variant="kernels", elf=None, icount=True, timeout=20):
+    def __init__(self, board="microbit", variant="kernels", elf=None, icount=True, timeout=20,
+                 monitor=None, logfile=None):
         self.board = board
+        self.monitor_path = monitor
+        self.logfile = logfile
         self.elf = elf or firmware_path(board, variant)
         if not os.path.exists(self.elf):
             raise FileNotFoundError(f"{self.elf} missing: run `make -C firmware/qemuport BOARD={board} "
                                     f"VARIANT={variant}`")
-        self.cmd = qemu_command(self.elf, board, icount)
+        self.cmd = qemu_command(self.elf, board, icount, monitor=monitor, logfile=logfile)
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self.port = None
@@ -111,6 +118,22 @@ class QemuBoard:
         if raw_repl:
             t.enter_raw_repl(soft_reset=False, timeout_overall=timeout)
         return t
+
+    def monitor(self, command, timeout=10):
+        """One command of qemu's human monitor (the board must be started with monitor=path);
+        returns its output.  E.g. "singlestep on", "log exec,nochain" (with logfile=...)."""
+        import socket
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(self.monitor_path)
+            out = b""
+            while not out.endswith(b"(qemu) "):
+                out += s.recv(4096)
+            s.sendall(command.encode() + b"\n")
+            out = b""
+            while not out.endswith(b"(qemu) "):
+                out += s.recv(4096)
+        return out.decode(errors="replace")
 
     def close(self):
         for t in getattr(self, "_transports", []):

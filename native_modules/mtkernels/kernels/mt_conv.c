@@ -98,15 +98,15 @@ void mt_conv_forward(const mt_geom_t *g, const int8_t *x, int32_t zx, const int8
     int32_t M = g->out_h * g->out_w;
     int16_t *strip = scratch + 2 * K;
     int32_t strip_ih = -1;
-    int32_t acc[4], acc0[MT_RUN_MAX], acc1[MT_RUN_MAX], bias_c[MT_RUN_MAX];
+    int32_t acc[4], acc0[MT_RUN_MAX], acc1[MT_RUN_MAX];
     int32_t par[MT_RUN_PARAMS];
     /* channels in chunks of MT_RUN_MAX: each chunk's requantization is prepared once */
     for (int32_t n0 = 0; n0 < N; n0 += MT_RUN_MAX) {
         int32_t nc = N - n0 < MT_RUN_MAX ? N - n0 : MT_RUN_MAX;
+        int32_t even = nc & ~1;
         int32_t fast = mt_requant_prepare(rq, n0, nc, par);
-        for (int32_t j = 0; j < MT_RUN_MAX; j++) {
-            bias_c[j] = bias && j < nc ? bias[n0 + j] : 0;
-        }
+        const int8_t *wc = w + n0 * K;
+        const int32_t *bc = bias ? bias + n0 : NULL;
         int32_t oh = 0, ow = 0;
         for (int32_t m = 0; m < M; m += 2) {
             int32_t two = m + 1 < M;
@@ -116,19 +116,23 @@ void mt_conv_forward(const mt_geom_t *g, const int8_t *x, int32_t zx, const int8
                 r1 = conv_row(g, x, zx, oh, ow, strip, &strip_ih, r0 != scratch, scratch + K);
                 next_position(g, &oh, &ow);
             }
-            for (int32_t j = 0; j < nc; j += 2) {
-                const int8_t *w0 = w + (n0 + j) * K;
-                /* odd N: the last column is computed twice and stored once */
-                const int8_t *w1 = j + 1 < nc ? w0 + K : w0;
-                if (two) {
-                    mt_dot2x2_s16s8(r0, r1, w0, w1, K, acc);
-                    acc1[j] = (int32_t)((uint32_t)acc[2] + (uint32_t)bias_c[j]);
-                    acc1[j + 1] = (int32_t)((uint32_t)acc[3] + (uint32_t)bias_c[j + 1]);
-                } else {
-                    mt_dot1x2_s16s8(r0, w0, w1, K, acc);
+            if (two) {
+                mt_dot2xn_s16s8(r0, r1, wc, K, even, bc, acc0, acc1);
+            } else {
+                /* a lone last position (M odd: e.g. one sample through a dense layer) */
+                for (int32_t j = 0; j < even; j += 2) {
+                    mt_dot1x2_s16s8(r0, wc + j * K, wc + (j + 1) * K, K, acc);
+                    acc0[j] = (int32_t)((uint32_t)acc[0] + (uint32_t)(bc ? bc[j] : 0));
+                    acc0[j + 1] = (int32_t)((uint32_t)acc[1] + (uint32_t)(bc ? bc[j + 1] : 0));
                 }
-                acc0[j] = (int32_t)((uint32_t)acc[0] + (uint32_t)bias_c[j]);
-                acc0[j + 1] = (int32_t)((uint32_t)acc[1] + (uint32_t)bias_c[j + 1]);
+            }
+            if (nc != even) {
+                /* odd chunk: the last column alone */
+                const int8_t *wl = wc + even * K;
+                int32_t b = bc ? bc[even] : 0;
+                mt_dot2x2_s16s8(r0, r1, wl, wl, K, acc);
+                acc0[even] = (int32_t)((uint32_t)acc[0] + (uint32_t)b);
+                acc1[even] = (int32_t)((uint32_t)acc[2] + (uint32_t)b);
             }
             mt_store_run(rq, fast, par, n0, acc0, nc, y, mask, m * N + n0);
             if (two) {

@@ -25,6 +25,19 @@ void mt_dot2x2_s16s8(const int16_t *a0, const int16_t *a1, const int8_t *b0, con
     out[3] = c11;
 }
 
+void mt_dot2xn_s16s8(const int16_t *a0, const int16_t *a1, const int8_t *w, int32_t K, int32_t N,
+    const int32_t *bias, int32_t *out0, int32_t *out1) {
+    int32_t acc[4];
+    for (int32_t n = 0; n < N; n += 2, w += 2 * K) {
+        mt_dot2x2_s16s8(a0, a1, w, w + K, K, acc);
+        int32_t b0 = bias ? bias[n] : 0, b1 = bias ? bias[n + 1] : 0;
+        out0[n] = (int32_t)((uint32_t)acc[0] + (uint32_t)b0);
+        out0[n + 1] = (int32_t)((uint32_t)acc[1] + (uint32_t)b1);
+        out1[n] = (int32_t)((uint32_t)acc[2] + (uint32_t)b0);
+        out1[n + 1] = (int32_t)((uint32_t)acc[3] + (uint32_t)b1);
+    }
+}
+
 void mt_dot1x2_s16s8(const int16_t *a0, const int8_t *b0, const int8_t *b1, int32_t len, int32_t *out) {
     int32_t c00 = 0, c01 = 0;
     for (int32_t t = 0; t < len; t++) {

@@ -60,26 +60,10 @@
     adds    r0, #1
     .endm
 
-    .section .text.mt_dot2x2_s16s8,"ax",%progbits
-    .global mt_dot2x2_s16s8
-    .type   mt_dot2x2_s16s8, %function
-    .thumb_func
-    .p2align 2
-mt_dot2x2_s16s8:
-    push    {r4-r7, lr}
-    mov     r4, r8
-    mov     r5, r9
-    mov     r6, r10
-    push    {r4-r6}
-    lsrs    r0, r0, #1          @ R = a0/2
-    subs    r2, r2, r0          @ S0
-    subs    r3, r3, r0          @ S1
-    movs    r4, #0
-    mov     r8, r4
-    mov     r9, r4
-    mov     r12, r4
-    mov     lr, r4
-    ldr     r5, [sp, #32]       @ n = len
+/* The 2x2 run shared by mt_dot2x2_s16s8 and mt_dot2xn_s16s8: in r0 R, r1 a1, r2 S0, r3 S1,
+ * r5 len, accumulators preset; out: the sums of len more steps in r8, r9, r12, lr.
+ * Leftovers first (a1 alignment peel, odd last element, up to three pairs), then 8x. */
+    .macro  DOT22_RUN
     lsls    r4, r1, #30         @ a1 not 4-byte aligned: element 0 first
     bpl     1f
     cmp     r5, #0
@@ -120,6 +104,29 @@ mt_dot2x2_s16s8:
     ST22    r5, 1
 7:  cmp     r0, r10
     bne     4b
+    .endm
+
+    .section .text.mt_dot2x2_s16s8,"ax",%progbits
+    .global mt_dot2x2_s16s8
+    .type   mt_dot2x2_s16s8, %function
+    .thumb_func
+    .p2align 2
+mt_dot2x2_s16s8:
+    push    {r4-r7, lr}
+    mov     r4, r8
+    mov     r5, r9
+    mov     r6, r10
+    push    {r4-r6}
+    lsrs    r0, r0, #1          @ R = a0/2
+    subs    r2, r2, r0          @ S0
+    subs    r3, r3, r0          @ S1
+    movs    r4, #0
+    mov     r8, r4
+    mov     r9, r4
+    mov     r12, r4
+    mov     lr, r4
+    ldr     r5, [sp, #32]       @ n = len
+    DOT22_RUN
     ldr     r4, [sp, #36]       @ out
     mov     r0, r8
     mov     r1, r9
@@ -132,6 +139,76 @@ mt_dot2x2_s16s8:
     mov     r10, r6
     pop     {r4-r7, pc}
     .size   mt_dot2x2_s16s8, . - mt_dot2x2_s16s8
+
+/* ------------------------------------------------------------------------------------------
+ * void mt_dot2xn_s16s8(const int16_t *a0, const int16_t *a1, const int8_t *w, int32_t K,
+ *                      int32_t N, const int32_t *bias, int32_t *out0, int32_t *out1)
+ * out_i[n] = bias[n] + sum_{t<K} a_i[t] * w[n*K + t] for n < N (N even; bias NULL: 0).
+ * The column pairs in one call; the loop state lives in the frame:
+ *   [sp] a0/2  [sp+4] a1  [sp+8] w of the next pair  [sp+12] K
+ *   [sp+48] pairs left (x2)  [sp+52] bias  [sp+56] out0  [sp+60] out1 (the stack arguments)
+ * ------------------------------------------------------------------------------------------ */
+    .section .text.mt_dot2xn_s16s8,"ax",%progbits
+    .global mt_dot2xn_s16s8
+    .type   mt_dot2xn_s16s8, %function
+    .thumb_func
+    .p2align 2
+mt_dot2xn_s16s8:
+    push    {r4-r7, lr}
+    mov     r4, r8
+    mov     r5, r9
+    mov     r6, r10
+    push    {r4-r6}
+    lsrs    r0, r0, #1
+    push    {r0-r3}
+    ldr     r4, [sp, #48]
+    cmp     r4, #0
+    bne     10f
+    b       19f                 @ (conditional branches do not reach over the run)
+10: ldr     r0, [sp]            @ R = a0/2
+    ldr     r1, [sp, #4]        @ a1
+    ldr     r2, [sp, #8]        @ w0
+    ldr     r5, [sp, #12]       @ K (the run length)
+    adds    r3, r2, r5          @ w1 = w0 + K
+    adds    r4, r3, r5
+    str     r4, [sp, #8]        @ the next pair
+    subs    r2, r2, r0          @ S0
+    subs    r3, r3, r0          @ S1
+    ldr     r4, [sp, #52]       @ bias
+    cmp     r4, #0
+    beq     11f
+    ldm     r4!, {r6, r7}
+    str     r4, [sp, #52]
+    b       12f
+11: movs    r6, #0
+    movs    r7, #0
+12: mov     r8, r6
+    mov     r12, r6
+    mov     r9, r7
+    mov     lr, r7
+    DOT22_RUN
+    ldr     r4, [sp, #56]
+    mov     r6, r8
+    mov     r7, r9
+    stm     r4!, {r6, r7}
+    str     r4, [sp, #56]
+    ldr     r4, [sp, #60]
+    mov     r6, r12
+    mov     r7, lr
+    stm     r4!, {r6, r7}
+    str     r4, [sp, #60]
+    ldr     r4, [sp, #48]
+    subs    r4, #2
+    str     r4, [sp, #48]
+    beq     19f
+    b       10b
+19: add     sp, #16
+    pop     {r4-r6}
+    mov     r8, r4
+    mov     r9, r5
+    mov     r10, r6
+    pop     {r4-r7, pc}
+    .size   mt_dot2xn_s16s8, . - mt_dot2xn_s16s8
 
 /* ------------------------------------------------------------------------------------------
  * void mt_dot1x2_s16s8(const int16_t *a0, const int8_t *b0, const int8_t *b1, int32_t len,

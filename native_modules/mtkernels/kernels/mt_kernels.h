@@ -93,6 +93,10 @@ int32_t mt_sgd_step(int32_t grad, int32_t mult, int32_t shift, int32_t g_exp, ui
 void mt_dot2x2_s16s8(const int16_t *a0, const int16_t *a1, const int8_t *b0, const int8_t *b1,
     int32_t len, int32_t *out);
 void mt_dot1x2_s16s8(const int16_t *a0, const int8_t *b0, const int8_t *b1, int32_t len, int32_t *out);
+/* Two rows against N (even) int8 rows of w: out_i[n] = bias[n] + sum_{t<K} a_i[t] * w[n*K + t]
+ * (bias may be NULL), all column pairs in one call. */
+void mt_dot2xn_s16s8(const int16_t *a0, const int16_t *a1, const int8_t *w, int32_t K, int32_t N,
+    const int32_t *bias, int32_t *out0, int32_t *out1);
 /* out[2*i + j] = sum_{t<len} a_i[t] * b[t * stride + j] (a column pair of a row-major int8 matrix). */
 void mt_dot2x2_s16s8_col(const int16_t *a0, const int16_t *a1, const int8_t *b, int32_t stride,
     int32_t len, int32_t *out);

@@ -28,19 +28,30 @@ void mt_maxpool_forward(const mt_geom_t *g, const int8_t *x, int8_t *y) {
         for (int32_t ow = 0; ow < g->out_w; ow++, y += c_n) {
             int32_t h0, h1, w0, w1;
             window(g, oh, ow, &h0, &h1, &w0, &w1);
-            int32_t n_w = w1 - w0, skip = (g->in_w - n_w) * c_n;
+            if (h0 >= h1 || w0 >= w1) {
+                for (int32_t c = 0; c < c_n; c++) {
+                    y[c] = -128;   /* a window that is all padding */
+                }
+                continue;
+            }
+            /* the first element, then the others: window elements outer, channels inner
+             * (contiguous runs of in_c) */
             const int8_t *p0 = x + (h0 * g->in_w + w0) * c_n;
             for (int32_t c = 0; c < c_n; c++) {
-                int32_t best = -128;   /* also the value of a window that is all padding */
-                const int8_t *p = p0 + c;
-                for (int32_t ih = h0; ih < h1; ih++, p += skip) {
-                    for (int32_t iw = 0; iw < n_w; iw++, p += c_n) {
-                        if (*p > best) {
-                            best = *p;
+                y[c] = p0[c];
+            }
+            for (int32_t ih = h0; ih < h1; ih++) {
+                const int8_t *p = x + (ih * g->in_w + w0) * c_n;
+                for (int32_t iw = w0; iw < w1; iw++, p += c_n) {
+                    if (p == p0) {
+                        continue;
+                    }
+                    for (int32_t c = 0; c < c_n; c++) {
+                        if (p[c] > y[c]) {
+                            y[c] = p[c];
                         }
                     }
                 }
-                y[c] = (int8_t)best;
             }
         }
     }
