@@ -21,12 +21,13 @@ target_sources(usermod_mtkernels INTERFACE
 
 target_include_directories(usermod_mtkernels INTERFACE ${CMAKE_CURRENT_LIST_DIR})
 
-# RP2040 (Cortex-M0+): the hand-written ARMv6-M micro-kernels replace kernels/mt_dot.c and
-# mt_requant_run
+# RP2040 (Cortex-M0+): the hand-written ARMv6-M micro-kernels replace kernels/mt_dot.c,
+# mt_requant_run and mt_sgd_deltas
 if(DEFINED PICO_PLATFORM AND PICO_PLATFORM STREQUAL "rp2040")
     target_sources(usermod_mtkernels INTERFACE
         ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_dot_armv6m.S
-        ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_requant_armv6m.S)
+        ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_requant_armv6m.S
+        ${CMAKE_CURRENT_LIST_DIR}/kernels/mt_update_armv6m.S)
     target_compile_definitions(usermod_mtkernels INTERFACE MT_ARMV6M_ASM)
 endif()
 

@@ -8,11 +8,11 @@ SRC_USERMOD_LIB_C += $(addprefix $(MTKERNELS_DIR)/kernels/, \
 
 CFLAGS_USERMOD += -I$(MTKERNELS_DIR)
 # Cortex-M0/M0+ firmware: set MTKERNELS_ARMV6M_ASM=1 to use the hand-written micro-kernels
-# (kernels/*_armv6m.S: dot products, requantization runs).
+# (kernels/*_armv6m.S: dot products, requantization runs, SGD steps).
 ifeq ($(MTKERNELS_ARMV6M_ASM),1)
 # (py.mk has no variable for user-module assembly; mkrules.mk assembles it via its vpath)
 PY_O += $(addprefix $(BUILD)/$(patsubst $(USER_C_MODULES)/%,%,$(MTKERNELS_DIR))/kernels/, \
-	mt_dot_armv6m.o mt_requant_armv6m.o)
+	mt_dot_armv6m.o mt_requant_armv6m.o mt_update_armv6m.o)
 CFLAGS_USERMOD += -DMT_ARMV6M_ASM
 endif
 

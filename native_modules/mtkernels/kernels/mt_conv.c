@@ -240,34 +240,38 @@ int32_t mt_conv_scratch_update(const mt_geom_t *g, const mt_update_t *u) {
     return align4(2 * kc * M) + align4(2 * 2 * M) + 4 * 2 * kc;
 }
 
-/* Apply the steps of row c: weights of the updated columns (ascending), then the bias. */
-static void update_row(const mt_geom_t *g, int32_t c, const int32_t *gw, int32_t g_sum, int32_t g_exp,
+/* Apply the steps of row c: weights of the updated columns (ascending), then the bias.  gw is
+ * the row's weight gradients (scratch: the fast path turns them into steps in place). */
+static void update_row(const mt_geom_t *g, int32_t c, int32_t *gw, int32_t g_sum, int32_t g_exp,
     int8_t *w, int32_t *bias, const mt_update_t *u) {
     int32_t taps = g->k_h * g->k_w;
-    int32_t j = 0;
-    if (u->cin_hi > u->cin_lo) {
-        int8_t *row = w + c * taps * g->in_c;
+    int32_t nc = u->cin_hi - u->cin_lo;
+    if (nc > 0) {
+        int8_t *row = w + c * taps * g->in_c + u->cin_lo;
         int32_t mult = u->w_mult[c], shift16 = u->w_shift[c] + g_exp + 16;
-        uint32_t s = *u->rng;
-        /* mt_sgd_delta with its fast path hoisted: for shift16 <= -2 the Q16 step is one high-word
-         * product, |v| < 2^29, so its saturation cannot apply */
-        int32_t r = shift16 <= -2 ? (shift16 < -31 ? 29 : -2 - shift16) : -1;
-        for (int32_t t = 0; t < taps; t++) {
-            int8_t *p = row + t * g->in_c;
-            for (int32_t ci = u->cin_lo; ci < u->cin_hi; ci++) {
-                s = mt_xorshift32_step(s);
-                int32_t d;
-                if (r >= 0) {
-                    int32_t v = ((mt_mul_hi32(gw[j++], mult) >> r) + 1) >> 1;
-                    d = (v + (int32_t)(s >> 16)) >> 16;
-                } else {
-                    d = mt_sgd_delta(gw[j++], mult, shift16, s);
+        if (shift16 <= -2) {
+            /* the steps of the whole row first (mt_sgd_deltas), then applied */
+            uint32_t r_state[2] = {(uint32_t)(shift16 < -31 ? 29 : -2 - shift16), *u->rng};
+            *u->rng = mt_sgd_deltas(gw, taps * nc, mult, r_state);
+            for (int32_t t = 0, j = 0; t < taps; t++) {
+                int8_t *p = row + t * g->in_c;
+                for (int32_t ci = 0; ci < nc; ci++, j++) {
+                    int32_t v = p[ci] - gw[j];
+                    p[ci] = (int8_t)(v < -127 ? -127 : v > 127 ? 127 : v);
                 }
-                int32_t v = p[ci] - d;
-                p[ci] = (int8_t)(v < -127 ? -127 : v > 127 ? 127 : v);
             }
+        } else {
+            uint32_t s = *u->rng;
+            for (int32_t t = 0, j = 0; t < taps; t++) {
+                int8_t *p = row + t * g->in_c;
+                for (int32_t ci = 0; ci < nc; ci++, j++) {
+                    s = mt_xorshift32_step(s);
+                    int32_t v = p[ci] - mt_sgd_delta(gw[j], mult, shift16, s);
+                    p[ci] = (int8_t)(v < -127 ? -127 : v > 127 ? 127 : v);
+                }
+            }
+            *u->rng = s;
         }
-        *u->rng = s;
     }
     if (u->b_mult && bias) {
         int32_t d = mt_sgd_step(g_sum, u->b_mult[c], u->b_shift[c], g_exp, u->rng);

@@ -87,6 +87,9 @@ void mt_store_run(const mt_requant_t *rq, int32_t fast, const int32_t *par, int3
     int32_t n, int8_t *y, uint8_t *mask, int32_t i0);
 /* SGD step of one parameter (mt_update.c): stochastic rounding of grad * f * 2^g_exp. */
 int32_t mt_sgd_step(int32_t grad, int32_t mult, int32_t shift, int32_t g_exp, uint32_t *rng);
+/* The steps of n weight gradients in place, the PRNG advanced once each: r_state = {r, state} with
+ * r = -2 - (shift + g_exp + 16) in [0, 29] (mt_sgd_delta's fast path); returns the new state. */
+uint32_t mt_sgd_deltas(int32_t *g, int32_t n, int32_t mult, uint32_t *r_state);
 
 /* ---- dot-product micro-kernels (mt_dot.c, or mt_dot_armv6m.S) ---- */
 /* out[2*i + j] = sum_{t<len} a_i[t] * b_j[t]; a: int16 rows, b: int8 rows. */
