@@ -2,9 +2,12 @@
  * Convolution and fully connected layers (a fully connected layer over M rows is the 1x1
  * convolution with in_h = 1, in_w = M): forward, input gradient, fused weight/bias update.
  *
- * Every product runs through the mt_dot* micro-kernels on rows of an im2col matrix built two
+ * Every product runs through the mt_dot* micro-kernels on rows of an im2col matrix taken two
  * output positions at a time: row m holds (x - zx) as int16 for each (kh, kw, ci), 0 for padding,
- * so the zero point costs nothing in the inner loop.
+ * so the zero point costs nothing in the inner loop.  With k_h == 1 (1-D signals, dense layers) an
+ * unpadded row is read in place from the input row widened once.  The forward pass goes through
+ * the output channels in chunks of MT_RUN_MAX: one assembly call for all column pairs of a
+ * position pair (mt_dot2xn_s16s8, from the bias), then the chunk's requantization run.
  *
  * Overflow bounds (checked by the binding, asserted by the reference):
  *   forward      K = k_h*k_w*in_c <= 65536:            |sum| <= 65536 * 255 * 128 < 2^31
@@ -115,8 +118,6 @@ void mt_conv_forward(const mt_geom_t *g, const int8_t *x, int32_t zx, const int8
             if (two) {
                 r1 = conv_row(g, x, zx, oh, ow, strip, &strip_ih, r0 != scratch, scratch + K);
                 next_position(g, &oh, &ow);
-            }
-            if (two) {
                 mt_dot2xn_s16s8(r0, r1, wc, K, even, bc, acc0, acc1);
             } else {
                 /* a lone last position (M odd: e.g. one sample through a dense layer) */

@@ -28,6 +28,8 @@
     .cpu cortex-m0
     .thumb
 
+#include "mt_armv6m.h"
+
 /* x = low (hi=0) or high (hi=1) signed halfword of word register w, into r6 */
     .macro  XHALF w, hi
     .if \hi
@@ -112,11 +114,7 @@
     .thumb_func
     .p2align 2
 mt_dot2x2_s16s8:
-    push    {r4-r7, lr}
-    mov     r4, r8
-    mov     r5, r9
-    mov     r6, r10
-    push    {r4-r6}
+    ENTER_R10
     lsrs    r0, r0, #1          @ R = a0/2
     subs    r2, r2, r0          @ S0
     subs    r3, r3, r0          @ S1
@@ -133,11 +131,7 @@ mt_dot2x2_s16s8:
     mov     r2, r12
     mov     r3, lr
     stm     r4!, {r0-r3}
-    pop     {r4-r6}
-    mov     r8, r4
-    mov     r9, r5
-    mov     r10, r6
-    pop     {r4-r7, pc}
+    RETURN_R10
     .size   mt_dot2x2_s16s8, . - mt_dot2x2_s16s8
 
 /* ------------------------------------------------------------------------------------------
@@ -154,11 +148,7 @@ mt_dot2x2_s16s8:
     .thumb_func
     .p2align 2
 mt_dot2xn_s16s8:
-    push    {r4-r7, lr}
-    mov     r4, r8
-    mov     r5, r9
-    mov     r6, r10
-    push    {r4-r6}
+    ENTER_R10
     lsrs    r0, r0, #1
     push    {r0-r3}
     ldr     r4, [sp, #48]
@@ -203,11 +193,7 @@ mt_dot2xn_s16s8:
     beq     19f
     b       10b
 19: add     sp, #16
-    pop     {r4-r6}
-    mov     r8, r4
-    mov     r9, r5
-    mov     r10, r6
-    pop     {r4-r7, pc}
+    RETURN_R10
     .size   mt_dot2xn_s16s8, . - mt_dot2xn_s16s8
 
 /* ------------------------------------------------------------------------------------------
@@ -328,11 +314,7 @@ mt_dot1x2_s16s8:
     .thumb_func
     .p2align 2
 mt_dot2x2_s16s8_col:
-    push    {r4-r7, lr}
-    mov     r4, r8
-    mov     r5, r9
-    mov     r6, r10
-    push    {r4-r6}
+    ENTER_R10
     lsrs    r0, r0, #1          @ R = a0/2
     subs    r2, r2, r0          @ Bq = b - R
     subs    r3, #1              @ stride - 1
@@ -394,11 +376,7 @@ mt_dot2x2_s16s8_col:
     mov     r2, r12
     mov     r3, lr
     stm     r4!, {r0-r3}
-    pop     {r4-r6}
-    mov     r8, r4
-    mov     r9, r5
-    mov     r10, r6
-    pop     {r4-r7, pc}
+    RETURN_R10
     .size   mt_dot2x2_s16s8_col, . - mt_dot2x2_s16s8_col
 
 /* ------------------------------------------------------------------------------------------

@@ -13,6 +13,18 @@
 #include "mt_kernels.h"
 #include "mt_fixedpoint.h"
 
+/* v clamped to [lo, hi]; bit j of *bits is set iff v was inside (not clamped). */
+static inline int8_t clamp_bit(int32_t v, int32_t lo, int32_t hi, int32_t j, uint32_t *bits) {
+    if (v < lo) {
+        return (int8_t)lo;
+    }
+    if (v > hi) {
+        return (int8_t)hi;
+    }
+    *bits |= 1u << j;
+    return (int8_t)v;
+}
+
 /* Mask bits i0 .. i0+n-1 from bits 0 .. n-1 of `bits` (n <= 32), a byte at a time. */
 void mt_put_mask_bits(uint8_t *mask, int32_t i0, uint32_t bits, int32_t n) {
     uint8_t *p = mask + (i0 >> 3);
@@ -53,15 +65,7 @@ void mt_store_outputs(const mt_requant_t *rq, const int32_t *bias, int32_t c0, c
             mult += step;
             shift += step;
             int32_t r = dbl ? mt_requantize(a, m, s, 1) : mt_scale_round_fast(a, m, s);
-            int32_t v = (int32_t)((uint32_t)r + (uint32_t)zy);
-            if (v < lo) {
-                v = lo;
-            } else if (v > hi) {
-                v = hi;
-            } else {
-                bits |= 1u << j;
-            }
-            y[j] = (int8_t)v;
+            y[j] = clamp_bit((int32_t)((uint32_t)r + (uint32_t)zy), lo, hi, j, &bits);
         }
         if (mask) {
             mt_put_mask_bits(mask, i0, bits, run);
@@ -99,15 +103,7 @@ uint32_t mt_requant_run(const int32_t *acc, int32_t n, int8_t *y, const int32_t 
     uint32_t bits = 0;
     for (int32_t j = 0; j < n; j++, p += 2) {
         /* mt_scale_round_fast with r = -2 - shift */
-        int32_t v = (((mt_mul_hi32(acc[j], p[0]) >> p[1]) + 1) >> 1) + zy;
-        if (v < lo) {
-            v = lo;
-        } else if (v > hi) {
-            v = hi;
-        } else {
-            bits |= 1u << j;
-        }
-        y[j] = (int8_t)v;
+        y[j] = clamp_bit((((mt_mul_hi32(acc[j], p[0]) >> p[1]) + 1) >> 1) + zy, lo, hi, j, &bits);
     }
     return bits;
 }

@@ -8,9 +8,9 @@
  *   y[j] = clamp((((acc[j] * mult) >> 32 >> r) + 1) >> 1) + zy, act_min, act_max)
  *   returns bit j set iff y[j] was not clamped (n <= 32; n may be 0).
  *
- * The high word of the 64-bit product comes from four 16x16 products (see mt_mul_hi32 in
- * mt_fixedpoint.h for why the partial sums cannot overflow).  36 instructions per output on the
- * pass-through path; the constants live in high registers (ADD/CMP accept them).
+ * The high word of the 64-bit product comes from four 16x16 products (MUL_HI32_HALVES in
+ * mt_armv6m.h).  36 instructions per output on the pass-through path; the constants live in high
+ * registers (ADD/CMP accept them).
  *
  * r0 acc (LDM)  r1 (mult, r) pairs (LDM)  r2 y  r3-r7 work
  * r8 acc end  r9 zy  r10 act_min  r11 act_max  r12 bits  lr bit
@@ -18,6 +18,8 @@
     .syntax unified
     .cpu cortex-m0
     .thumb
+
+#include "mt_armv6m.h"
 
     .section .text.mt_requant_run,"ax",%progbits
     .global mt_requant_run
@@ -51,22 +53,7 @@ mt_requant_run:
     asrs    r3, r3, #16         @ ah
     uxth    r6, r4              @ ml
     asrs    r4, r4, #16         @ mh
-    movs    r7, r5
-    muls    r7, r6              @ ll = al*ml (unsigned)
-    muls    r6, r3              @ t1 = ah*ml
-    muls    r5, r4              @ t2 = al*mh
-    muls    r3, r4              @ hh = ah*mh
-    lsrs    r7, r7, #16
-    adds    r5, r7              @ s = t2 + (ll >> 16)
-    uxth    r7, r6
-    asrs    r6, r6, #16
-    adds    r3, r6              @ hh + (t1 >> 16)
-    uxth    r6, r5
-    asrs    r5, r5, #16
-    adds    r3, r5              @ ... + (s >> 16)
-    adds    r7, r6
-    lsrs    r7, r7, #16
-    adds    r3, r7              @ hi = floor(a*m / 2^32)
+    MUL_HI32_HALVES             @ r3 = hi
     ldm     r1!, {r4}           @ r
     asrs    r3, r4
     adds    r3, #1

@@ -9,7 +9,7 @@
  *   (mt_sgd_delta's fast path: shift16 <= -2, r = -2 - shift16 in [0, 29]); r_state = {r, state};
  *   returns the new state (also stored back).  n may be 0.
  *
- * The high word of the product as in mt_requant_armv6m.S.  38 instructions per step.
+ * The high word of the product: MUL_HI32_HALVES (mt_armv6m.h).  38 instructions per step.
  *
  * r0 g (LDR, STM)  r1 r  r2 state  r3-r7 work   r8 g end  r9 mult & 0xffff  r10 mult >> 16
  */
@@ -17,17 +17,15 @@
     .cpu cortex-m0
     .thumb
 
+#include "mt_armv6m.h"
+
     .section .text.mt_sgd_deltas,"ax",%progbits
     .global mt_sgd_deltas
     .type   mt_sgd_deltas, %function
     .thumb_func
     .p2align 2
 mt_sgd_deltas:
-    push    {r4-r7, lr}
-    mov     r4, r8
-    mov     r5, r9
-    mov     r6, r10
-    push    {r4-r6}
+    ENTER_R10
     mov     lr, r3              @ r_state
     lsls    r1, r1, #2
     adds    r1, r0, r1
@@ -44,22 +42,7 @@ mt_sgd_deltas:
     asrs    r3, r3, #16         @ ah
     mov     r6, r9              @ ml
     mov     r4, r10             @ mh
-    movs    r7, r5
-    muls    r7, r6              @ ll = al*ml (unsigned)
-    muls    r6, r3              @ t1 = ah*ml
-    muls    r5, r4              @ t2 = al*mh
-    muls    r3, r4              @ hh = ah*mh
-    lsrs    r7, r7, #16
-    adds    r5, r7              @ s = t2 + (ll >> 16)
-    uxth    r7, r6
-    asrs    r6, r6, #16
-    adds    r3, r6
-    uxth    r6, r5
-    asrs    r5, r5, #16
-    adds    r3, r5
-    adds    r7, r6
-    lsrs    r7, r7, #16
-    adds    r3, r7              @ hi = floor(G*mult / 2^32)
+    MUL_HI32_HALVES             @ r3 = hi = floor(G*mult / 2^32)
     asrs    r3, r1
     adds    r3, #1
     asrs    r3, r3, #1          @ the step in Q16, rounded
@@ -78,9 +61,5 @@ mt_sgd_deltas:
 2:  mov     r3, lr
     str     r2, [r3, #4]
     movs    r0, r2
-    pop     {r4-r6}
-    mov     r8, r4
-    mov     r9, r5
-    mov     r10, r6
-    pop     {r4-r7, pc}
+    RETURN_R10
     .size   mt_sgd_deltas, . - mt_sgd_deltas
