@@ -23,6 +23,15 @@
     pop     {r4-r7, pc}
     .endm
 
+/* The four accumulators of a 2x2 kernel, r8, r9, r12 and lr, set to 0 (clobbers r4). */
+    .macro  ZERO_ACC4
+    movs    r4, #0
+    mov     r8, r4
+    mov     r9, r4
+    mov     r12, r4
+    mov     lr, r4
+    .endm
+
 /* r3 = floor(a * m / 2^32), the high word of the signed 64-bit product, from its 16-bit halves:
  * in r5 = a & 0xffff, r3 = a >> 16, r6 = m & 0xffff, r4 = m >> 16 (arithmetic shifts).  Four
  * 16x16 products; mt_mul_hi32 in mt_fixedpoint.h is the C form and says why the partial sums

@@ -118,11 +118,7 @@ mt_dot2x2_s16s8:
     lsrs    r0, r0, #1          @ R = a0/2
     subs    r2, r2, r0          @ S0
     subs    r3, r3, r0          @ S1
-    movs    r4, #0
-    mov     r8, r4
-    mov     r9, r4
-    mov     r12, r4
-    mov     lr, r4
+    ZERO_ACC4
     ldr     r5, [sp, #32]       @ n = len
     DOT22_RUN
     ldr     r4, [sp, #36]       @ out
@@ -318,11 +314,7 @@ mt_dot2x2_s16s8_col:
     lsrs    r0, r0, #1          @ R = a0/2
     subs    r2, r2, r0          @ Bq = b - R
     subs    r3, #1              @ stride - 1
-    movs    r4, #0
-    mov     r8, r4
-    mov     r9, r4
-    mov     r12, r4
-    mov     lr, r4
+    ZERO_ACC4
     ldr     r5, [sp, #32]       @ n = len
     lsls    r4, r1, #30         @ a1 not 4-byte aligned: element 0 first
     bpl     1f
