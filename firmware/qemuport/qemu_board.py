@@ -123,17 +123,22 @@ class QemuBoard:
         """One command of qemu's human monitor (the board must be started with monitor=path);
         returns its output.  E.g. "singlestep on", "log exec,nochain" (with logfile=...)."""
         import socket
+
+        def prompt(s):
+            out = b""
+            while not out.endswith(b"(qemu) "):
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise RuntimeError(f"qemu's monitor closed the connection: {out[-200:]!r}")
+                out += chunk
+            return out
+
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(self.monitor_path)
-            out = b""
-            while not out.endswith(b"(qemu) "):
-                out += s.recv(4096)
+            prompt(s)
             s.sendall(command.encode() + b"\n")
-            out = b""
-            while not out.endswith(b"(qemu) "):
-                out += s.recv(4096)
-        return out.decode(errors="replace")
+            return prompt(s).decode(errors="replace")
 
     def close(self):
         for t in getattr(self, "_transports", []):
