@@ -27,7 +27,6 @@ As a cross-check, the kernel CPI of this model's conv kernels alone on tools/m0s
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -40,6 +39,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "host"))
 sys.path.insert(0, os.path.join(ROOT, "firmware", "qemuport"))
 
+from bench import write_records  # noqa: E402
 from microtrain import datasets, modelfile, planner, zoo  # noqa: E402
 from qemu_board import QemuBoard, exec_raw, firmware_path  # noqa: E402
 
@@ -461,9 +461,7 @@ def main(argv=None):
         "profiler_inside_instructions_per_call": r["prof_inside"],
     }
     result = [dict(rec, **meta) for rec in records]     # a list of records, one per policy
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
+    write_records(args.out, result)
     sparse = records[0]
     for k, v in sparse["bars"].items():
         print(f"bar {k} <= {v['bar']}: {v['value']} -> {'met' if v['met'] else 'NOT met'}")

@@ -13,7 +13,6 @@ bit-exact against the numpy reference.
 
 import argparse
 import glob
-import json
 import os
 import sys
 
@@ -22,6 +21,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import write_records  # noqa: E402
 from microtrain import reference as ref  # noqa: E402
 from microtrain.quant import quantize_multipliers  # noqa: E402
 from tools.m0sim import M0Sim, pack_struct  # noqa: E402
@@ -138,10 +138,7 @@ def main(argv=None):
             rq = rec.get("requant_cycles_per_output", "")
             print(f"{kernel:12} {impl:4} {f'{M},{N},{K}':14} {rec['instructions_per_mac']:9.3f} "
                   f"{rec['cycles_per_mac']:10.3f} {rq!s:>15}  {label}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(records, f, indent=1)
-        f.write("\n")
+    write_records(args.out, records)
     print(f"wrote {args.out}")
     return records
 

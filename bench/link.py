@@ -5,7 +5,6 @@ and the CLI's start-up time.  Writes bench/link.json.
     python -m bench.link
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import write_records  # noqa: E402
 from microtrain import board_io, modelfile, planner, unixport, zoo  # noqa: E402
 from microtrain.link import Link  # noqa: E402
 from microtrain.virtualboard import VirtualBoard  # noqa: E402
@@ -69,9 +69,7 @@ def main():
     rec["cli_help_seconds"], rec["cli_help_imports_numpy_or_onnx"] = cli_startup_seconds()
     rec["cli_help_seconds"] = round(rec["cli_help_seconds"], 3)
     out = os.path.join(ROOT, "bench", "link.json")
-    with open(out, "w") as f:
-        json.dump([rec], f, indent=1)
-        f.write("\n")
+    write_records(out, [rec])
     for k, v in rec.items():
         print(f"{k:32} {v}")
     print(f"wrote {out}")

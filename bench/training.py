@@ -7,7 +7,6 @@ backend, and whether the board and the simulator end bit-identical.  Writes benc
 """
 
 import argparse
-import json
 import os
 import struct
 import sys
@@ -18,6 +17,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import write_records  # noqa: E402
 from microtrain import datasets, experiments, planner, quantize, simulator, unixport  # noqa: E402
 
 POLICIES = ("sparse", "full", "bias-only")
@@ -94,9 +94,7 @@ def main(argv=None):
                   f"(plan {plan64.peak_bytes} B) {mem['per_step']} B/step | step {rec['step_us_unix_native']} us native, "
                   f"{rec['step_us_unix_python']} us python | bit-identical {rec['bit_identical']} "
                   f"({time.time() - t0:.0f} s)", flush=True)
-    with open(args.out, "w") as f:
-        json.dump(records, f, indent=1)
-        f.write("\n")
+    write_records(args.out, records)
     print(f"wrote {args.out}")
     return records
 

@@ -299,8 +299,23 @@ def _requant(mult, shift, zy, act_min, act_max, rounding, out_c):
     return dr, mm, t1, t2, t3, zy, lo, hi
 
 
+def _clamp_store(y, i, v, lo, hi, mask):
+    """y[i] = v clamped to [lo, hi]; mask bit i (if mask) = 1 iff v was not clamped."""
+    if v < lo:
+        y[i] = lo
+    elif v > hi:
+        y[i] = hi
+    else:
+        y[i] = v
+        if mask is not None:
+            mask[i >> 3] |= 1 << (i & 7)
+        return
+    if mask is not None:
+        mask[i >> 3] &= 255 ^ (1 << (i & 7))
+
+
 def _store_row(acc, bias, N, rq, y, i0, mask):
-    """mt_store_output for the N channels of one position: y[i0 + c] and its mask bit."""
+    """mt_store_outputs for the N channels of one position: y[i0 + c] and its mask bit."""
     dr, mm, t1, t2, t3, zy, lo, hi = rq
     i = i0
     for c in range(N):
@@ -329,22 +344,7 @@ def _store_row(acc, bias, N, rq, y, i0, mask):
             v -= 0x100000000
         elif v < -0x80000000:
             v += 0x100000000
-        if v < lo:
-            y[i] = lo
-            ok = 0
-        elif v > hi:
-            y[i] = hi
-            ok = 0
-        else:
-            y[i] = v
-            ok = 1
-        if mask is not None:
-            j = i >> 3
-            b = 1 << (i & 7)
-            if ok:
-                mask[j] |= b
-            else:
-                mask[j] &= 255 ^ b
+        _clamp_store(y, i, v, lo, hi, mask)
         i += 1
 
 
@@ -710,14 +710,13 @@ def conv_input_grad(geom, gy, w, gx_acc):
     _done(gx, gxb)
 
 
-def conv_update(geom, x, zx, gy, g_exp, w, bias, rows, cin_lo, cin_hi, w_mult, w_shift, b_mult, b_shift,
-                rng, scratch):
-    g = _geom(geom)
-    _geom_kind(g, 0)
-    in_h, in_w, C, out_h, out_w, N, k_h, k_w, s_h, s_w, p_t, p_l, _ = g
-    taps = k_h * k_w
-    n_in = in_h * in_w * C
-    M = out_h * out_w
+def _update_checks(g, x, zx, gy, g_exp, w, n_w, bias, rows, cin_lo, cin_hi, w_mult, w_shift, b_mult, b_shift,
+                   rng):
+    """The argument checks conv_update and dwconv_update share, in the binding's order (n_w: the
+    layer's weight count).  Returns the checked values and the buffers to hand back (_done)."""
+    n_in = g[0] * g[1] * g[2]
+    M = g[3] * g[4]
+    N = g[5]
     x = _rd(x, 'b', n_in, 'x')
     zx = _int(zx, -128, 127, 'zx')
     gy = _rd(gy, 'h', M * N, 'gy')
@@ -726,11 +725,25 @@ def conv_update(geom, x, zx, gy, g_exp, w, bias, rows, cin_lo, cin_hi, w_mult, w
                                                         w_shift, b_mult, b_shift, rng)
     weights = hi > lo
     if weights:
-        w, wb = _wr(w, 'b', N * taps * C, 'w')
+        w, wb = _wr(w, 'b', n_w, 'w')
     else:                                    # frozen weights may stay in read-only memory
-        w, wb = _rd(w, 'b', N * taps * C, 'w'), None
+        w, wb = _rd(w, 'b', n_w, 'w'), None
     bias, bb = _wr(bias, 'i', N, 'bias', True)
     _grad_bound(gy, M * N, 255 * M if weights else M, 'max|gy| * 255 * out_h * out_w must be < 2^31')
+    return x, zx, gy, g_exp, w, wb, bias, bb, rows, lo, hi, wm, ws, bm, bs, st, sb
+
+
+def conv_update(geom, x, zx, gy, g_exp, w, bias, rows, cin_lo, cin_hi, w_mult, w_shift, b_mult, b_shift,
+                rng, scratch):
+    g = _geom(geom)
+    _geom_kind(g, 0)
+    in_h, in_w, C, out_h, out_w, N, k_h, k_w, s_h, s_w, p_t, p_l, _ = g
+    taps = k_h * k_w
+    n_in = in_h * in_w * C
+    M = out_h * out_w
+    (x, zx, gy, g_exp, w, wb, bias, bb, rows, lo, hi, wm, ws, bm, bs, st, sb) = _update_checks(
+        g, x, zx, gy, g_exp, w, N * taps * C, bias, rows, cin_lo, cin_hi, w_mult, w_shift, b_mult, b_shift, rng)
+    weights = hi > lo
     _raw(scratch, _scratch_update(g, lo, hi), 'scratch', True)
 
     kc = taps * (hi - lo)
@@ -797,6 +810,18 @@ def conv_update(geom, x, zx, gy, g_exp, w, bias, rows, cin_lo, cin_hi, w_mult, w
     _done(st, sb)
 
 
+def _window_taps(g):
+    """Per output position (row-major): (input offset of channel 0, tap index kh * k_w + kw) of
+    every tap of its window that lies inside the input."""
+    in_h, in_w, C, out_h, out_w, _, k_h, k_w, s_h, s_w, p_t, p_l, _ = g
+    for oh in range(out_h):
+        ih0 = oh * s_h - p_t
+        for ow in range(out_w):
+            iw0 = ow * s_w - p_l
+            yield [(((ih0 + kh) * in_w + iw0 + kw) * C, kh * k_w + kw) for kh in range(k_h) for kw in range(k_w)
+                   if 0 <= ih0 + kh < in_h and 0 <= iw0 + kw < in_w]
+
+
 def dwconv_forward(geom, x, zx, w, bias, mult, shift, zy, act_min, act_max, rounding, y, mask):
     g = _geom(geom)
     _geom_kind(g, 1)
@@ -814,34 +839,23 @@ def dwconv_forward(geom, x, zx, w, bias, mult, shift, zy, act_min, act_max, roun
     xz = _shifted(x, n_in, zx)
     acc = [0] * N
     i = 0
-    for oh in range(out_h):
-        ih0 = oh * s_h - p_t
-        for ow in range(out_w):
-            iw0 = ow * s_w - p_l
-            for c in range(N):
-                acc[c] = 0
-            for kh in range(k_h):
-                ih = ih0 + kh
-                if ih < 0 or ih >= in_h:
-                    continue
-                for kw in range(k_w):
-                    iw = iw0 + kw
-                    if iw < 0 or iw >= in_w:
-                        continue
-                    xb = (ih * in_w + iw) * C
-                    wb = (kh * k_w + kw) * N
-                    if dm == 1:
-                        for c in range(N):
-                            acc[c] += xz[xb + c] * w[wb + c]
-                    else:
-                        oc = 0
-                        for ic in range(C):
-                            xv = xz[xb + ic]
-                            for oc in range(oc, oc + dm):
-                                acc[oc] += xv * w[wb + oc]
-                            oc += 1
-            _store_row(acc, bias, N, rq, yt, i, mask)
-            i += N
+    for taps in _window_taps(g):
+        for c in range(N):
+            acc[c] = 0
+        for xb, t in taps:
+            wb = t * N
+            if dm == 1:
+                for c in range(N):
+                    acc[c] += xz[xb + c] * w[wb + c]
+            else:
+                oc = 0
+                for ic in range(C):
+                    xv = xz[xb + ic]
+                    for oc in range(oc, oc + dm):
+                        acc[oc] += xv * w[wb + oc]
+                    oc += 1
+        _store_row(acc, bias, N, rq, yt, i, mask)
+        i += N
     _done(yt, yb)
 
 
@@ -859,33 +873,22 @@ def dwconv_input_grad(geom, gy, w, gx_acc):
     for i in range(n_in):
         gx[i] = 0
     gp = 0
-    for oh in range(out_h):
-        ih0 = oh * s_h - p_t
-        for ow in range(out_w):
-            iw0 = ow * s_w - p_l
-            for kh in range(k_h):
-                ih = ih0 + kh
-                if ih < 0 or ih >= in_h:
-                    continue
-                for kw in range(k_w):
-                    iw = iw0 + kw
-                    if iw < 0 or iw >= in_w:
-                        continue
-                    wt = (kh * k_w + kw) * N - gp
-                    dst = (ih * in_w + iw) * C
-                    if dm == 1:
-                        for oc in range(gp, gp + N):
-                            gx[dst] += gy[oc] * w[wt + oc]
-                            dst += 1
-                    else:
-                        oc = gp
-                        for ic in range(dst, dst + C):
-                            s = 0
-                            for oc in range(oc, oc + dm):
-                                s += gy[oc] * w[wt + oc]
-                            gx[ic] += s
-                            oc += 1
-            gp += N
+    for taps in _window_taps(g):
+        for dst, t in taps:
+            wt = t * N - gp
+            if dm == 1:
+                for oc in range(gp, gp + N):
+                    gx[dst] += gy[oc] * w[wt + oc]
+                    dst += 1
+            else:
+                oc = gp
+                for ic in range(dst, dst + C):
+                    s = 0
+                    for oc in range(oc, oc + dm):
+                        s += gy[oc] * w[wt + oc]
+                    gx[ic] += s
+                    oc += 1
+        gp += N
     _done(gx, gxb)
 
 
@@ -895,21 +898,9 @@ def dwconv_update(geom, x, zx, gy, g_exp, w, bias, rows, cin_lo, cin_hi, w_mult,
     _geom_kind(g, 1)
     in_h, in_w, C, out_h, out_w, N, k_h, k_w, s_h, s_w, p_t, p_l, dm = g
     taps = k_h * k_w
-    n_in = in_h * in_w * C
-    M = out_h * out_w
-    x = _rd(x, 'b', n_in, 'x')
-    zx = _int(zx, -128, 127, 'zx')
-    gy = _rd(gy, 'h', M * N, 'gy')
-    g_exp = _int(g_exp, -64, 64, 'g_exp')
-    rows, lo, hi, wm, ws, bm, bs, st, sb = _update_args(g, bias is not None, rows, cin_lo, cin_hi, w_mult,
-                                                        w_shift, b_mult, b_shift, rng)
+    (x, zx, gy, g_exp, w, wb, bias, bb, rows, lo, hi, wm, ws, bm, bs, st, sb) = _update_checks(
+        g, x, zx, gy, g_exp, w, taps * N, bias, rows, cin_lo, cin_hi, w_mult, w_shift, b_mult, b_shift, rng)
     weights = hi > lo
-    if weights:
-        w, wb = _wr(w, 'b', taps * N, 'w')
-    else:                                    # frozen weights may stay in read-only memory
-        w, wb = _rd(w, 'b', taps * N, 'w'), None
-    bias, bb = _wr(bias, 'i', N, 'bias', True)
-    _grad_bound(gy, M * N, 255 * M if weights else M, 'max|gy| * 255 * out_h * out_w must be < 2^31')
     _raw(scratch, 4 * taps, 'scratch', True)
 
     state = st[0]
@@ -950,12 +941,10 @@ def dwconv_update(geom, x, zx, gy, g_exp, w, bias, rows, cin_lo, cin_hi, w_mult,
     _done(st, sb)
 
 
-def maxpool_forward(geom, x, y):
-    g = _pool_geom(geom)
+def _pool_windows(g):
+    """Per output position (row-major): the input offsets (channel 0) of its window clipped to the
+    input, in row-major window order (mt_pool.c's window())."""
     in_h, in_w, C, out_h, out_w, _, k_h, k_w, s_h, s_w, p_t, p_l, _ = g
-    x = _rd(x, 'b', in_h * in_w * C, 'x')
-    yt, yb = _wr(y, 'b', out_h * out_w * C, 'y')
-    i = 0
     for oh in range(out_h):
         ih0 = oh * s_h - p_t
         h0 = ih0 if ih0 > 0 else 0
@@ -964,109 +953,96 @@ def maxpool_forward(geom, x, y):
             iw0 = ow * s_w - p_l
             w0 = iw0 if iw0 > 0 else 0
             w1 = iw0 + k_w if iw0 + k_w < in_w else in_w
-            for c in range(C):
-                best = -128
-                for ih in range(h0, h1):
-                    for p in range((ih * in_w + w0) * C + c, (ih * in_w + w1) * C + c, C):
-                        v = x[p]
-                        if v > best:
-                            best = v
-                yt[i] = best
-                i += 1
+            yield [(ih * in_w + iw) * C for ih in range(h0, h1) for iw in range(w0, w1)]
+
+
+def _zeroed_acc(gx_acc, n):
+    gx, gxb = _wr(gx_acc, 'i', n, 'gx_acc')
+    for i in range(n):
+        gx[i] = 0
+    return gx, gxb
+
+
+def maxpool_forward(geom, x, y):
+    g = _pool_geom(geom)
+    C = g[2]
+    x = _rd(x, 'b', g[0] * g[1] * C, 'x')
+    yt, yb = _wr(y, 'b', g[3] * g[4] * C, 'y')
+    i = 0
+    for win in _pool_windows(g):
+        for c in range(C):
+            best = -128
+            for p in win:
+                v = x[p + c]
+                if v > best:
+                    best = v
+            yt[i] = best
+            i += 1
     _done(yt, yb)
 
 
 def maxpool_input_grad(geom, x, gy, gx_acc):
     g = _pool_geom(geom)
-    in_h, in_w, C, out_h, out_w, _, k_h, k_w, s_h, s_w, p_t, p_l, _ = g
-    n_in = in_h * in_w * C
+    C = g[2]
+    n_in = g[0] * g[1] * C
     x = _rd(x, 'b', n_in, 'x')
-    gy = _rd(gy, 'h', out_h * out_w * C, 'gy')
-    gx, gxb = _wr(gx_acc, 'i', n_in, 'gx_acc')
-    for i in range(n_in):
-        gx[i] = 0
+    gy = _rd(gy, 'h', g[3] * g[4] * C, 'gy')
+    gx, gxb = _zeroed_acc(gx_acc, n_in)
     i = 0
-    for oh in range(out_h):
-        ih0 = oh * s_h - p_t
-        h0 = ih0 if ih0 > 0 else 0
-        h1 = ih0 + k_h if ih0 + k_h < in_h else in_h
-        for ow in range(out_w):
-            iw0 = ow * s_w - p_l
-            w0 = iw0 if iw0 > 0 else 0
-            w1 = iw0 + k_w if iw0 + k_w < in_w else in_w
-            for c in range(C):
-                best = -129
-                at = -1
-                for ih in range(h0, h1):
-                    for p in range((ih * in_w + w0) * C + c, (ih * in_w + w1) * C + c, C):
-                        v = x[p]
-                        if v > best:
-                            best = v
-                            at = p
-                if at >= 0:
-                    gx[at] += gy[i]
-                i += 1
+    for win in _pool_windows(g):
+        for c in range(C):
+            best = -129
+            at = -1
+            for p in win:
+                v = x[p + c]
+                if v > best:
+                    best = v
+                    at = p + c
+            if at >= 0:
+                gx[at] += gy[i]
+            i += 1
     _done(gx, gxb)
 
 
 def avgpool_forward(geom, x, act_min, act_max, y):
     g = _pool_geom(geom)
-    in_h, in_w, C, out_h, out_w, _, k_h, k_w, s_h, s_w, p_t, p_l, _ = g
-    x = _rd(x, 'b', in_h * in_w * C, 'x')
+    C = g[2]
+    x = _rd(x, 'b', g[0] * g[1] * C, 'x')
     lo = _int(act_min, -128, 127, 'act_min')
     hi = _int(act_max, lo, 127, 'act_max')
-    yt, yb = _wr(y, 'b', out_h * out_w * C, 'y')
+    yt, yb = _wr(y, 'b', g[3] * g[4] * C, 'y')
     i = 0
-    for oh in range(out_h):
-        ih0 = oh * s_h - p_t
-        h0 = ih0 if ih0 > 0 else 0
-        h1 = ih0 + k_h if ih0 + k_h < in_h else in_h
-        for ow in range(out_w):
-            iw0 = ow * s_w - p_l
-            w0 = iw0 if iw0 > 0 else 0
-            w1 = iw0 + k_w if iw0 + k_w < in_w else in_w
-            count = (h1 - h0) * (w1 - w0)
-            half = count >> 1
-            for c in range(C):
-                s = 0
-                for ih in range(h0, h1):
-                    for p in range((ih * in_w + w0) * C + c, (ih * in_w + w1) * C + c, C):
-                        s += x[p]
-                if count > 0:
-                    v = (s + half) // count if s > 0 else -((half - s) // count)
-                else:
-                    v = 0
-                yt[i] = lo if v < lo else (hi if v > hi else v)
-                i += 1
+    for win in _pool_windows(g):
+        count = len(win)
+        half = count >> 1
+        for c in range(C):
+            s = 0
+            for p in win:
+                s += x[p + c]
+            if count > 0:
+                v = (s + half) // count if s > 0 else -((half - s) // count)
+            else:
+                v = 0
+            yt[i] = lo if v < lo else (hi if v > hi else v)
+            i += 1
     _done(yt, yb)
 
 
 def avgpool_input_grad(geom, gy, gx_acc):
     g = _pool_geom(geom)
-    in_h, in_w, C, out_h, out_w, _, k_h, k_w, s_h, s_w, p_t, p_l, _ = g
-    n_in = in_h * in_w * C
-    gy = _rd(gy, 'h', out_h * out_w * C, 'gy')
-    gx, gxb = _wr(gx_acc, 'i', n_in, 'gx_acc')
-    for i in range(n_in):
-        gx[i] = 0
+    C = g[2]
+    gy = _rd(gy, 'h', g[3] * g[4] * C, 'gy')
+    gx, gxb = _zeroed_acc(gx_acc, g[0] * g[1] * C)
     i = 0
-    for oh in range(out_h):
-        ih0 = oh * s_h - p_t
-        h0 = ih0 if ih0 > 0 else 0
-        h1 = ih0 + k_h if ih0 + k_h < in_h else in_h
-        for ow in range(out_w):
-            iw0 = ow * s_w - p_l
-            w0 = iw0 if iw0 > 0 else 0
-            w1 = iw0 + k_w if iw0 + k_w < in_w else in_w
-            count = (h1 - h0) * (w1 - w0)
-            recip = ((1 << 13) + (count >> 1)) // count if count > 0 else 0
-            for c in range(C):
-                v = gy[i] * recip
-                i += 1
-                if v:
-                    for ih in range(h0, h1):
-                        for p in range((ih * in_w + w0) * C + c, (ih * in_w + w1) * C + c, C):
-                            gx[p] += v
+    for win in _pool_windows(g):
+        count = len(win)
+        recip = ((1 << 13) + (count >> 1)) // count if count > 0 else 0
+        for c in range(C):
+            v = gy[i] * recip
+            i += 1
+            if v:
+                for p in win:
+                    gx[p + c] += v
     _done(gx, gxb)
 
 
@@ -1107,22 +1083,7 @@ def add_forward(x1, x2, params, y, mask):
             a = _add_in(x1[i], z1, ls, m1, e1, k1) + _add_in(x2[i], z2, ls, m2, e2, k2)
         a = (a * my + 0x40000000) >> 31
         v = (a >> ey) + ((a & ky) > ty + (a < 0)) + zy
-        if v < lo:
-            yt[i] = lo
-            ok = 0
-        elif v > hi:
-            yt[i] = hi
-            ok = 0
-        else:
-            yt[i] = v
-            ok = 1
-        if mask is not None:
-            j = i >> 3
-            b = 1 << (i & 7)
-            if ok:
-                mask[j] |= b
-            else:
-                mask[j] &= 255 ^ b
+        _clamp_store(yt, i, v, lo, hi, mask)
     _done(yt, yb)
 
 
@@ -1139,18 +1100,7 @@ def clamp_forward(x, lo, hi, y, mask):
             yt[i] = lo if v < lo else (hi if v > hi else v)
     else:
         for i in range(n):
-            v = x[i]
-            j = i >> 3
-            b = 1 << (i & 7)
-            if v < lo:
-                yt[i] = lo
-                mask[j] &= 255 ^ b
-            elif v > hi:
-                yt[i] = hi
-                mask[j] &= 255 ^ b
-            else:
-                yt[i] = v
-                mask[j] |= b
+            _clamp_store(yt, i, x[i], lo, hi, mask)
     _done(yt, yb)
 
 

@@ -62,50 +62,72 @@
     adds    r0, #1
     .endm
 
-/* The 2x2 run shared by mt_dot2x2_s16s8 and mt_dot2xn_s16s8: in r0 R, r1 a1, r2 S0, r3 S1,
- * r5 len, accumulators preset; out: the sums of len more steps in r8, r9, r12, lr.
+/* The 2x2 run shared by mt_dot2x2_s16s8, mt_dot2xn_s16s8 (st = ST22) and mt_dot2x2_s16s8_col
+ * (st = ST22C, col = 1: r2 is Bq, r3 stride - 1): in r0 R, r1 a1, r2, r3 as the step macro wants
+ * them, r5 len, accumulators preset; out: the sums of len more steps in r8, r9, r12, lr.
  * Leftovers first (a1 alignment peel, odd last element, up to three pairs), then 8x. */
-    .macro  DOT22_RUN
+    .macro  DOT22_RUN st, col=0
     lsls    r4, r1, #30         @ a1 not 4-byte aligned: element 0 first
     bpl     1f
     cmp     r5, #0
     beq     1f
     ldrh    r4, [r1]
     adds    r1, #2
-    ST22    r4, 0
+    \st     r4, 0
     subs    r5, #1
 1:  lsrs    r4, r5, #1          @ odd count: the last element now
     bcc     2f
-    subs    r5, #1
+    subs    r5, #1              @ d = n - 1
     adds    r6, r5, r5
-    ldrh    r4, [r1, r6]        @ a1[n-1]
-    adds    r0, r0, r5
-    ST22    r4, 0
+    ldrh    r4, [r1, r6]        @ a1[d]
+    .if \col
+    mov     r6, r3
+    muls    r6, r5
+    adds    r2, r2, r6          @ Bq + d*(stride - 1)
+    .endif
+    adds    r0, r0, r5          @ R + d
+    \st     r4, 0
     subs    r0, r0, r5
     subs    r0, #1
+    .if \col
+    adds    r6, r5, #1
+    muls    r6, r3
+    subs    r2, r2, r6          @ Bq back where it was
+    .endif
 2:  adds    r4, r0, r5
     mov     r10, r4             @ final R
     lsls    r5, r5, #29
     lsrs    r5, r5, #30         @ (n >> 1) & 3 pairs before the 8x loop
     beq     6f
 3:  ldm     r1!, {r4}
-    ST22    r4, 0
-    ST22    r4, 1
+    \st     r4, 0
+    \st     r4, 1
     subs    r5, #1
     bne     3b
 6:  b       7f
 4:  ldm     r1!, {r4, r5}
-    ST22    r4, 0
-    ST22    r4, 1
-    ST22    r5, 0
-    ST22    r5, 1
+    \st     r4, 0
+    \st     r4, 1
+    \st     r5, 0
+    \st     r5, 1
     ldm     r1!, {r4, r5}
-    ST22    r4, 0
-    ST22    r4, 1
-    ST22    r5, 0
-    ST22    r5, 1
+    \st     r4, 0
+    \st     r4, 1
+    \st     r5, 0
+    \st     r5, 1
 7:  cmp     r0, r10
     bne     4b
+    .endm
+
+/* out[0..3] = r8, r9, r12, lr (out: the stack argument at [sp, #off]), then RETURN_R10. */
+    .macro  STORE_ACC4_RETURN off
+    ldr     r4, [sp, #\off]     @ out
+    mov     r0, r8
+    mov     r1, r9
+    mov     r2, r12
+    mov     r3, lr
+    stm     r4!, {r0-r3}
+    RETURN_R10
     .endm
 
     .section .text.mt_dot2x2_s16s8,"ax",%progbits
@@ -120,14 +142,8 @@ mt_dot2x2_s16s8:
     subs    r3, r3, r0          @ S1
     ZERO_ACC4
     ldr     r5, [sp, #32]       @ n = len
-    DOT22_RUN
-    ldr     r4, [sp, #36]       @ out
-    mov     r0, r8
-    mov     r1, r9
-    mov     r2, r12
-    mov     r3, lr
-    stm     r4!, {r0-r3}
-    RETURN_R10
+    DOT22_RUN ST22
+    STORE_ACC4_RETURN 36
     .size   mt_dot2x2_s16s8, . - mt_dot2x2_s16s8
 
 /* ------------------------------------------------------------------------------------------
@@ -172,7 +188,7 @@ mt_dot2xn_s16s8:
     mov     r12, r6
     mov     r9, r7
     mov     lr, r7
-    DOT22_RUN
+    DOT22_RUN ST22
     ldr     r4, [sp, #56]
     mov     r6, r8
     mov     r7, r9
@@ -316,59 +332,8 @@ mt_dot2x2_s16s8_col:
     subs    r3, #1              @ stride - 1
     ZERO_ACC4
     ldr     r5, [sp, #32]       @ n = len
-    lsls    r4, r1, #30         @ a1 not 4-byte aligned: element 0 first
-    bpl     1f
-    cmp     r5, #0
-    beq     1f
-    ldrh    r4, [r1]
-    adds    r1, #2
-    ST22C   r4, 0
-    subs    r5, #1
-1:  lsrs    r4, r5, #1          @ odd count: the last element now
-    bcc     2f
-    subs    r5, #1              @ d = n - 1
-    adds    r6, r5, r5
-    ldrh    r4, [r1, r6]        @ a1[d]
-    mov     r6, r3
-    muls    r6, r5
-    adds    r2, r2, r6          @ Bq + d*(stride - 1)
-    adds    r0, r0, r5          @ R + d
-    ST22C   r4, 0
-    subs    r0, r0, r5
-    subs    r0, #1
-    adds    r6, r5, #1
-    muls    r6, r3
-    subs    r2, r2, r6
-2:  adds    r4, r0, r5
-    mov     r10, r4             @ final R
-    lsls    r5, r5, #29
-    lsrs    r5, r5, #30         @ (n >> 1) & 3 pairs before the 8x loop
-    beq     6f
-3:  ldm     r1!, {r4}
-    ST22C   r4, 0
-    ST22C   r4, 1
-    subs    r5, #1
-    bne     3b
-6:  b       7f
-4:  ldm     r1!, {r4, r5}
-    ST22C   r4, 0
-    ST22C   r4, 1
-    ST22C   r5, 0
-    ST22C   r5, 1
-    ldm     r1!, {r4, r5}
-    ST22C   r4, 0
-    ST22C   r4, 1
-    ST22C   r5, 0
-    ST22C   r5, 1
-7:  cmp     r0, r10
-    bne     4b
-    ldr     r4, [sp, #36]       @ out
-    mov     r0, r8
-    mov     r1, r9
-    mov     r2, r12
-    mov     r3, lr
-    stm     r4!, {r0-r3}
-    RETURN_R10
+    DOT22_RUN ST22C, 1
+    STORE_ACC4_RETURN 36
     .size   mt_dot2x2_s16s8_col, . - mt_dot2x2_s16s8_col
 
 /* ------------------------------------------------------------------------------------------
