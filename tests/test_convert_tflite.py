@@ -14,13 +14,13 @@ from microtrain import graph, planner
 from microtrain import reference as ref
 from microtrain.quantize import activation_qparams
 from microtrain.convert_tflite import TFLiteFormatError, activation_range, convert, load_tflite
-from tests.conftest import ROOT
+from tests.conftest import SHARED_MODELS
 
 tflite = pytest.importorskip("tflite")
 lite = pytest.importorskip("ai_edge_litert.interpreter")
 flatbuffers = pytest.importorskip("flatbuffers")
 
-MODELS = os.path.join(os.path.dirname(ROOT), "shared", "models")
+MODELS = SHARED_MODELS
 HELLO = os.path.join(MODELS, "hello_world_int8.tflite")
 SPEECH = os.path.join(MODELS, "micro_speech_quantized.tflite")
 

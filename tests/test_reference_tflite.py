@@ -10,9 +10,9 @@ import pytest
 
 from microtrain import reference as ref
 from microtrain.quant import quantize_multipliers, softmax_params
-from tests.conftest import ROOT
+from tests.conftest import SHARED_MODELS
 
-MODELS = os.path.join(os.path.dirname(ROOT), "shared", "models")
+MODELS = SHARED_MODELS
 
 
 def interpreter(name):
