@@ -40,7 +40,10 @@ sys.path.insert(0, os.path.join(ROOT, "host"))
 sys.path.insert(0, os.path.join(ROOT, "firmware", "qemuport"))
 
 from bench import write_records  # noqa: E402
-from microtrain import datasets, modelfile, planner, zoo  # noqa: E402
+from microtrain import datasets
+from microtrain.model import modelfile
+from microtrain.plan import planner
+from research import zoo  # noqa: E402
 from qemu_board import QemuBoard, exec_raw, firmware_path  # noqa: E402
 
 POLICIES = ("sparse", "full", "bias-only")

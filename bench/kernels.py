@@ -22,8 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench import write_records  # noqa: E402
-from microtrain import reference as ref  # noqa: E402
-from microtrain.quant import quantize_multipliers  # noqa: E402
+from microtrain.sim import reference as ref  # noqa: E402
+from microtrain.model.fixedpoint import quantize_multipliers  # noqa: E402
 from tools.m0sim import M0Sim, pack_struct  # noqa: E402
 
 KERNELS = os.path.join(ROOT, "native_modules", "mtkernels", "kernels")

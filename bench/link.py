@@ -17,9 +17,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench import write_records  # noqa: E402
-from microtrain import board_io, modelfile, planner, unixport, zoo  # noqa: E402
-from microtrain.link import Link  # noqa: E402
-from microtrain.virtualboard import VirtualBoard  # noqa: E402
+from microtrain.device import board_io
+from microtrain.model import modelfile
+from microtrain.plan import planner
+from microtrain.device import unixport
+from research import zoo  # noqa: E402
+from microtrain.device.link import Link  # noqa: E402
+from microtrain.device.virtualboard import VirtualBoard  # noqa: E402
 
 
 def cli_startup_seconds(n=5):

@@ -18,7 +18,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench import write_records  # noqa: E402
-from microtrain import datasets, experiments, planner, quantize, simulator, unixport  # noqa: E402
+from microtrain import datasets
+from research import experiments
+from microtrain.plan import planner
+from microtrain.convert import quantize
+from microtrain.sim import simulator
+from microtrain.device import unixport  # noqa: E402
 
 POLICIES = ("sparse", "full", "bias-only")
 
@@ -49,7 +54,7 @@ print('US', time.ticks_diff(time.ticks_us(), t0) // n)
 
 def step_time_us(model, plan, backend, n):
     import tempfile
-    from microtrain import modelfile
+    from microtrain.model import modelfile
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "m.mtm")
         modelfile.save(path, model, plan)

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from microtrain import floatnet
-from microtrain.demo import PRETRAINED, demo_data
+from microtrain.convert import floatnet
+from microtrain.cli.demo import PRETRAINED, demo_data
 
 
 def export(net, path):

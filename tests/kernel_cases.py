@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from microtrain import reference as ref
-from microtrain.quant import quantize_multipliers, softmax_params
+from microtrain.sim import reference as ref
+from microtrain.model.fixedpoint import quantize_multipliers, softmax_params
 
 
 @dataclass

@@ -7,7 +7,7 @@ within 2 points of fp32 fine-tuning of the same trainable subset, and 10 points 
 pretrained model.  BasicMotions (too few test samples for a bar) is reported by `make bench`.
 """
 
-from microtrain import experiments
+from research import experiments
 
 
 def test_digits_int8_qas_matches_fp32_and_beats_the_pretrained_model():

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from microtrain import board_io, cli, modelfile, simulator
-from microtrain.demo import PRETRAINED, demo_data
-from microtrain.virtualboard import VirtualBoard
+from microtrain.device import board_io
+from microtrain import cli
+from microtrain.model import modelfile
+from microtrain.sim import simulator
+from microtrain.cli.demo import PRETRAINED, demo_data
+from microtrain.device.virtualboard import VirtualBoard
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,7 @@ def test_convert_push_train_telemetry_pull_evaluate(board, tmp_path):
 
 def _plan_from_file(model, plan):
     """A planner.Plan-like object from the file's plan dict, enough for the simulator."""
-    from microtrain.planner import GradSpec, TrainSpec
+    from microtrain.plan.planner import GradSpec, TrainSpec
 
     class P:
         pass

@@ -7,7 +7,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from microtrain import cli, flashing
+from microtrain import cli
+from microtrain.device import flashing
 
 UF2 = b"UF2\n" + b"\x57\x51\x5d\x9e" + bytes(504)     # one 512-byte UF2 block header
 

@@ -12,9 +12,9 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper as oh, numpy_helper as nph  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
-from microtrain import convert_onnx as co  # noqa: E402
-from microtrain import floatnet as fn  # noqa: E402
-from microtrain import graph  # noqa: E402
+from microtrain.convert import from_onnx as co  # noqa: E402
+from microtrain.convert import floatnet as fn  # noqa: E402
+from microtrain.model import qmodel  # noqa: E402
 
 
 class Builder:
@@ -253,7 +253,7 @@ def test_quantized_model_agrees(which, tmp_path):
     X = co.to_channels_last(_inputs(model, 200, seed=30), net)
     float_pred = net.predict(X)
     assert np.bincount(float_pred).max() <= 0.8 * len(X)               # not a one-class model
-    q_pred = np.array([np.argmax(graph.forward(qm, qm.quantize_input(x), keep=True)[-2][0].astype(np.int32))
+    q_pred = np.array([np.argmax(qmodel.forward(qm, qm.quantize_input(x), keep=True)[-2][0].astype(np.int32))
                        for x in X])
     agree = np.mean(q_pred == float_pred)
     assert agree >= 0.9, agree

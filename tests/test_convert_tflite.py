@@ -1,5 +1,5 @@
 """The TFLite converter (microtrain.convert_tflite) against ai-edge-litert's reference kernels
-(BUILTIN_REF): the converted QModel run by the numpy reference (graph.forward) must reproduce every
+(BUILTIN_REF): the converted QModel run by the numpy reference (qmodel.forward) must reproduce every
 layer output of the interpreter bit for bit, on the two real models in ../shared/models and on small
 models built here (CONV_2D, pools, MEAN, reshapes, per-tensor depthwise, multi-row FC), which the
 real models do not exercise.  Malformed files and unsupported graphs must fail with clear errors."""
@@ -10,10 +10,11 @@ import os
 import numpy as np
 import pytest
 
-from microtrain import graph, planner
-from microtrain import reference as ref
-from microtrain.quantize import activation_qparams
-from microtrain.convert_tflite import TFLiteFormatError, activation_range, convert, load_tflite
+from microtrain.model import qmodel
+from microtrain.plan import planner
+from microtrain.sim import reference as ref
+from microtrain.convert.quantize import activation_qparams
+from microtrain.convert.from_tflite import TFLiteFormatError, activation_range, convert, load_tflite
 from tests.conftest import SHARED_MODELS
 
 tflite = pytest.importorskip("tflite")
@@ -53,7 +54,7 @@ def assert_bit_exact(data, inputs, **kw):
         x = np.asarray(x, np.int8)
         it.set_tensor(d["index"], x.reshape(d["shape"]))
         it.invoke()
-        outs = graph.forward(model, x.ravel(), keep=True)
+        outs = qmodel.forward(model, x.ravel(), keep=True)
         for i, ((y, _), ti) in enumerate(zip(outs, conv.tensors)):
             if ti is None:
                 continue
@@ -345,7 +346,7 @@ def test_hello_world_every_input_bit_exact():
     assert compared == 256 * 3
     assert all(l.s_w.shape == (l.geom.out_c,) and l.s_w.dtype == np.float64 for l in m.layers[:3])
     # a one-output regression head: its appended softmax is always probability 1
-    assert all(graph.forward(m, np.array([v], np.int8))[0] == 127 for v in (-128, 0, 127))
+    assert all(qmodel.forward(m, np.array([v], np.int8))[0] == 127 for v in (-128, 0, 127))
 
 
 def speech_inputs(rng, n=10):
@@ -492,7 +493,7 @@ def test_mean_semantics():
     it.set_tensor(it.get_input_details()[0]["index"], x)
     it.invoke()
     tfl = it.get_tensor(it.get_output_details()[0]["index"]).ravel()
-    ours = graph.forward(conv.model, x.ravel())
+    ours = qmodel.forward(conv.model, x.ravel())
     assert (tfl[0], ours[0]) == (-127, -128)         # TFLite rounds 2/4 up from the zero point, avgpool -510/4 away
     with pytest.raises(ValueError, match="differs from the input"):
         convert(_mean_model(1, 3, 0, out_q=(0.1, 0)))
@@ -624,7 +625,7 @@ def _rounding_flips(data, inputs):
             if l.op not in ("conv", "dwconv"):
                 continue
             xin = np.asarray(x, np.int8).ravel() if i == 0 else it.get_tensor(conv.tensors[i - 1]).ravel()
-            y, _ = graph.run_layer(dataclasses.replace(l, double_rounding=not l.double_rounding), xin)
+            y, _ = qmodel.run_layer(dataclasses.replace(l, double_rounding=not l.double_rounding), xin)
             kind = l.name.rstrip("0123456789")
             flips[kind] = flips.get(kind, 0) + int(np.count_nonzero(y != it.get_tensor(conv.tensors[i]).ravel()))
     return flips

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from microtrain import datasets
-from microtrain import floatnet as fn
-from microtrain import reference as ref
+from microtrain.convert import floatnet as fn
+from microtrain.sim import reference as ref
 
 # ---------------------------------------------------------------------------------------------
 # gradient checks (float64, central differences)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from microtrain import reference as ref
+from microtrain.sim import reference as ref
 from tests.conftest import BUILD
 from tests.kernel_cases import Backend, GENERATORS, call_c, check
 

@@ -17,11 +17,14 @@ import tty
 import numpy as np
 import pytest
 
-from microtrain import modelfile, planner, simulator, zoo
+from microtrain.model import modelfile
+from microtrain.plan import planner
+from microtrain.sim import simulator
+from research import zoo
 from microtrain.board import link as proto
 from microtrain.board import modelfile as fmt
-from microtrain.link import ERROR, HELLO, SAMPLE, FrameParser, Link, frame
-from microtrain.virtualboard import VirtualBoard
+from microtrain.device.link import ERROR, HELLO, SAMPLE, FrameParser, Link, frame
+from microtrain.device.virtualboard import VirtualBoard
 
 from .conftest import DIST, require
 

@@ -171,7 +171,7 @@ def _with(case, idx, value):
 
 def bad_argument_cases():
     """(function, args, exception type, message regex) with one wrong argument each."""
-    from microtrain import reference as ref
+    from microtrain.sim import reference as ref
     from tests import kernel_cases as kc
     rng = np.random.default_rng(11)
     conv = kc.conv_forward_case(rng, "conv2d")

@@ -193,7 +193,8 @@ TRAINING = {("microbit", "kernels"): [("sparse", 40), ("full", 20), ("bias-only"
 
 
 def test_imu_model_trains_bit_identical_with_the_simulator(board):
-    from microtrain import planner, simulator
+    from microtrain.plan import planner
+    from microtrain.sim import simulator
     for policy, steps in TRAINING[(board.machine, board.variant)]:
         model, xq, labels = imu_data(steps)
         p = planner.plan(model, policy, word_bytes=4)
@@ -288,7 +289,8 @@ def test_file_system_behaves_like_the_unix_port(m0_board, tmp_path):
 
 def test_checkpoint_and_rollback_on_flash(m0_board):
     board = m0_board
-    from microtrain import modelfile, planner
+    from microtrain.model import modelfile
+    from microtrain.plan import planner
     model, xq, labels = imu_data(6)
     p = planner.plan(model, "sparse", word_bytes=4)
     board.t.fs_writefile("ck.mtm", modelfile.to_bytes(model, p))
@@ -361,7 +363,9 @@ def test_microtrain_cli_push_and_train(firmware, tmp_path):
     """`microtrain push` (board library, armv6m .mpy, model) and `microtrain train` (the framed
     protocol) against the board's pty."""
     from click.testing import CliRunner
-    from microtrain import cli, modelfile, planner
+    from microtrain import cli
+    from microtrain.model import modelfile
+    from microtrain.plan import planner
     _natmod("armv6m")                                   # fails early if the .mpy is stale
     model, xq, labels = imu_data(30)
     modelfile.save(str(tmp_path / "m.mtm"), model, planner.plan(model, "sparse", word_bytes=4))

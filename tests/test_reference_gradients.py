@@ -5,8 +5,8 @@ layer (the C kernels are then held bit-exact to the reference by the other tiers
 import numpy as np
 import pytest
 
-from microtrain import reference as ref
-from microtrain.quant import quantize_multipliers
+from microtrain.sim import reference as ref
+from microtrain.model.fixedpoint import quantize_multipliers
 
 
 def float_conv_grads(g, x_real, w_real, g_real):

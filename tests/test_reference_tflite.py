@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from microtrain import reference as ref
-from microtrain.quant import quantize_multipliers, softmax_params
+from microtrain.sim import reference as ref
+from microtrain.model.fixedpoint import quantize_multipliers, softmax_params
 from tests.conftest import SHARED_MODELS
 
 MODELS = SHARED_MODELS

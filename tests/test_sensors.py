@@ -4,7 +4,10 @@ the model's input, and the recorder feeding labelled samples to the trainer."""
 
 import numpy as np
 
-from microtrain import modelfile, planner, unixport, zoo
+from microtrain.model import modelfile
+from microtrain.plan import planner
+from microtrain.device import unixport
+from research import zoo
 
 SCRIPT = r"""
 import struct, microtrain

@@ -7,7 +7,12 @@ import struct
 import numpy as np
 import pytest
 
-from microtrain import datasets, modelfile, planner, simulator, unixport, zoo
+from microtrain import datasets
+from microtrain.model import modelfile
+from microtrain.plan import planner
+from microtrain.sim import simulator
+from microtrain.device import unixport
+from research import zoo
 from microtrain.board import modelfile as fmt
 
 
@@ -285,7 +290,8 @@ print('RESTORED', t2.model.n_classes, t2.predict(test_x[0:size]) == t.predict(te
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_add_a_class_on_the_board_from_five_samples(tmp_path, seed):
-    from microtrain import floatnet, quantize
+    from microtrain.convert import floatnet
+    from microtrain.convert import quantize
     X, y, names = datasets.load_basic_motions()
     (Xa, ya), (Xb, yb) = datasets.split(X, y, [0.5, 0.5], seed=seed)
     known = ya < 3

@@ -4,12 +4,12 @@ import json
 import os
 import sys
 
-VERSION = "0.1.0"
+from microtrain.board import __version__
 
 
 def main(directory):
     files = sorted(f for f in os.listdir(directory) if f.endswith((".mpy", ".py")))
-    json.dump({"urls": [[f, f] for f in files], "version": VERSION}, sys.stdout, indent=1)
+    json.dump({"urls": [[f, f] for f in files], "version": __version__}, sys.stdout, indent=1)
     sys.stdout.write("\n")
 
 

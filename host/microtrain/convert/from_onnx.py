@@ -35,8 +35,8 @@ import os
 
 import numpy as np
 
-from . import floatnet as fn
-from . import quantize as qz
+from microtrain.convert import floatnet as fn
+from microtrain.convert import quantize as qz
 
 __all__ = ["load_onnx", "onnx_to_qmodel", "to_channels_last"]
 

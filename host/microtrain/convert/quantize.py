@@ -10,10 +10,10 @@ TFLite's convolution kernels use, which only models imported from TFLite keep.
 
 import numpy as np
 
-from . import floatnet as fn
-from . import reference as ref
-from .graph import QLayer, QModel
-from .quant import quantize_multipliers, softmax_params
+from microtrain.convert import floatnet as fn
+from microtrain.sim import reference as ref
+from microtrain.model.qmodel import QLayer, QModel
+from microtrain.model.fixedpoint import quantize_multipliers, softmax_params
 
 
 def activation_qparams(lo, hi):

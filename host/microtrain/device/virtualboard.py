@@ -27,7 +27,7 @@ import threading
 import time
 import tty
 
-from . import unixport
+from microtrain.device import unixport
 
 MAX_BUFFERED = 1 << 20
 

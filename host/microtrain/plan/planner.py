@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import reference
-from .graph import PARAMETRIC
-from .quant import quantize_multipliers
+from microtrain.sim import reference
+from microtrain.model.qmodel import PARAMETRIC
+from microtrain.model.fixedpoint import quantize_multipliers
 
 ALIGN = 4
 SPARE_CLASSES = 2            # rows reserved for classes added on the board
@@ -287,7 +287,7 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
     p.n_backward = len(layers) - 1 - first
     p.notes = notes
     if cls.op == "conv" and cls.s_w is not None:
-        from .quant import quantize_multiplier
+        from microtrain.model.fixedpoint import quantize_multiplier
         p.class_add = quantize_multiplier(float(cls.s_x / np.max(cls.s_w)))
     if budget is not None and p.peak_bytes > budget:
         raise PlanError(_suggest(model, p, budget, lr, qas))

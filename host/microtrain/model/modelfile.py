@@ -10,9 +10,9 @@ import zlib
 
 import numpy as np
 
-from . import reference as ref
-from .board import modelfile as fmt
-from .graph import QLayer, QModel
+from microtrain.sim import reference as ref
+from microtrain.board import modelfile as fmt
+from microtrain.model.qmodel import QLayer, QModel
 
 ALIGN = 4
 

@@ -13,7 +13,12 @@ import shutil
 import tempfile
 import time
 
-from . import board_io, datasets, modelfile, planner, simulator, unixport
+from microtrain.device import board_io
+from microtrain import datasets
+from microtrain.model import modelfile
+from microtrain.plan import planner
+from microtrain.sim import simulator
+from microtrain.device import unixport
 
 EXAMPLES = os.path.join(unixport.repo_root(), "examples")
 PRETRAINED = os.path.join(EXAMPLES, "imu_basic_motions.onnx")
@@ -28,8 +33,8 @@ def demo_data():
 
 
 def run_demo(port=None, epochs=3, png=None, echo=print):
-    from .link import Link
-    from .virtualboard import VirtualBoard
+    from microtrain.device.link import Link
+    from microtrain.device.virtualboard import VirtualBoard
     t_start = time.time()
     (Xp, yp), (Xf, yf), (Xt, yt), names = demo_data()
     work = tempfile.mkdtemp(prefix="microtrain-demo-")
@@ -43,7 +48,7 @@ def run_demo(port=None, epochs=3, png=None, echo=print):
         else:
             echo(f"[1/7] board on {port}")
         # convert the bundled pretrained model
-        from .convert_onnx import onnx_to_qmodel
+        from microtrain.convert.from_onnx import onnx_to_qmodel
         model = onnx_to_qmodel(PRETRAINED, Xp, names)
         plan = planner.plan(model, "sparse", lr=0.05, word_bytes=8 if vb else 4)
         path = os.path.join(work, "imu.mtm")
@@ -78,7 +83,7 @@ def run_demo(port=None, epochs=3, png=None, echo=print):
             echo(f"[6/7] telemetry: {len(steps)} steps, loss {first:.2f} -> {last:.2f}, step {us} us, "
                  f"heap free {steps[-1]['heap_free']} B; accuracy {before / len(yt):.2f} -> {after / len(yt):.2f}")
         if png:
-            from .cli import plot_records
+            from microtrain.cli.report import plot_records
             plot_records(records, png)
         # pull and check against the host simulation of the same samples
         with board_io.Session(port) as s:

@@ -9,7 +9,7 @@ import hashlib
 import os
 import struct
 
-from .boards import MPY_ARCHS
+from microtrain.device.boards import MPY_ARCHS
 
 CKPT_HEAD = "<4sHHIIiiIH"
 

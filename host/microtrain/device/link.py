@@ -33,8 +33,8 @@ import serial
 from mpremote.transport import TransportError
 from mpremote.transport_serial import SerialTransport
 
-from .board import link as proto
-from .board.telemetry import RECORD_SIZE, decode
+from microtrain.board import link as proto
+from microtrain.board.telemetry import RECORD_SIZE, decode
 
 SYNC = proto.SYNC
 HELLO, SAMPLE, ACK, NACK, TELEMETRY, CMD, RESULT, ERROR, BYE = (proto.HELLO, proto.SAMPLE, proto.ACK, proto.NACK,

@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 
-from . import reference as ref
-from .graph import run_layer
+from microtrain.sim import reference as ref
+from microtrain.model.qmodel import run_layer
 
 LOGIT_GRAD_EXP = ref.SOFTMAX_GRAD_EXP
 

@@ -14,7 +14,7 @@ import click
 
 
 def _dist():
-    from .unixport import dist_dir
+    from microtrain.device.unixport import dist_dir
     return dist_dir()
 
 
@@ -43,7 +43,7 @@ def main():
 @click.option("--probe", is_flag=True, help="Also ask each plugged-in board for its MicroPython version and arch.")
 def boards(probe):
     """Known boards and their budgets, and the boards plugged in now."""
-    from . import boards as B
+    from microtrain.device import boards as B
     click.echo(f"{'board':10} {'arch':10} {'SRAM':>8} {'heap':>8} {'flash':>9} {'clock':>8}  description")
     for b in B.load_all().values():
         clock = f"{b.clock_hz // 1000000} MHz" if b.clock_hz else "-"
@@ -58,7 +58,7 @@ def boards(probe):
     for dev, vp, name, desc in found:
         line = f"  {dev:16} {vp}  {name or 'unknown board':10} {desc}"
         if probe:
-            from .board_io import BoardError, Session
+            from microtrain.device.board_io import BoardError, Session
             try:
                 with Session(dev) as s:
                     i = s.info()
@@ -85,20 +85,21 @@ def convert(model, board_name, policy, lr, no_qas, calibration, labels, output):
     Prints the training plan and its memory, and refuses (with a suggestion) a plan that does not
     fit the board's heap.
     """
-    from . import boards as B
-    from . import modelfile, planner
+    from microtrain.device import boards as B
+    from microtrain.model import modelfile
+    from microtrain.plan import planner
     board = B.get(board_name)
     labels = [s.strip() for s in labels.split(",")] if labels else []
     ext = os.path.splitext(model)[1].lower()
     try:
         if ext == ".tflite":
-            from .convert_tflite import load_tflite
+            from microtrain.convert.from_tflite import load_tflite
             q = load_tflite(model, labels)
         elif ext == ".onnx":
             if not calibration:
                 _fail("an ONNX float model needs --calibration samples.npz (array `x`) to choose activation scales")
             import numpy as np
-            from .convert_onnx import onnx_to_qmodel
+            from microtrain.convert.from_onnx import onnx_to_qmodel
             x = np.load(calibration)["x"]
             q = onnx_to_qmodel(model, x, labels)
         else:
@@ -126,7 +127,7 @@ def _port_option(f):
 def _need_port(port):
     if port:
         return port
-    from . import boards as B
+    from microtrain.device import boards as B
     found = [d for d, _, name, _ in B.plugged() if name]
     if len(found) == 1:
         return found[0]
@@ -146,7 +147,7 @@ def push(model, port, name, force):
     Uses mpremote's Python transport over the raw REPL; verifies every file by SHA-256 and skips
     files the board already has.
     """
-    from .board_io import BoardError, Session, install
+    from microtrain.device.board_io import BoardError, Session, install
     port = _need_port(port)
     data = open(model, "rb").read() if model else None
     t0 = time.time()
@@ -160,96 +161,6 @@ def push(model, port, name, force):
 
 
 # ---------------------------------------------------------------------------------------------
-def load_samples(path, model=None, label=None):
-    """(x int8 [n][in_size], labels) from CSV / NPZ / WAV, quantized with the model's input scale
-    when the data are floats."""
-    import numpy as np
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".npz":
-        d = np.load(path)
-        x, y = d["x"], d["y"]
-    elif ext == ".csv":
-        rows = np.loadtxt(path, delimiter=",", skiprows=_csv_header(path))
-        rows = rows.reshape(len(rows), -1) if rows.ndim > 1 else rows.reshape(1, -1)
-        y, x = rows[:, 0].astype(int), rows[:, 1:]
-    elif ext == ".wav":
-        import wave
-        with wave.open(path) as w:
-            if w.getsampwidth() != 2:
-                _fail(f"{path}: 16-bit PCM WAV expected")
-            a = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
-            a = a.reshape(-1, w.getnchannels())
-        if label is None:
-            _fail("a WAV file needs --label")
-        n = int(np.prod(model.input_shape)) if model is not None else a.size
-        x, y = a.ravel()[:n].reshape(1, -1), np.array([label])
-    else:
-        _fail(f"{path}: expected .csv (label, values...), .npz (x, y) or .wav")
-    if label is not None and ext != ".wav":
-        y = np.full(len(x), label)
-    x = np.asarray(x)
-    if x.dtype != np.int8:
-        if model is None:
-            _fail("float samples need the model file to be quantized (pass --model)")
-        x = model.quantize_input(x.reshape(len(x), -1))
-    return x.reshape(len(x), -1), np.asarray(y, dtype=int)
-
-
-def _csv_header(path):
-    with open(path) as f:
-        first = f.readline()
-    try:
-        [float(v) for v in first.split(",")]
-        return 0
-    except ValueError:
-        return 1
-
-
-SENSOR_SCRIPT = """
-try:
-    import machine
-except ImportError:
-    machine = None
-need = 'I2C' if {sensor!r} == 'mpu6050' else 'ADC'
-if machine is None or not hasattr(machine, need):
-    raise SystemExit('this board has no machine.' + need + ': it cannot read the sensor')
-import microtrain
-from microtrain import sensors
-m = microtrain.load({name!r})
-t = microtrain.Trainer(m, checkpoint_path={ckpt!r})
-try:
-    t.rollback()
-except microtrain.TrainingError:
-    pass
-if {sensor!r} == 'mpu6050':
-    s = sensors.MPU6050(machine.I2C({i2c_id}, sda=machine.Pin({sda}), scl=machine.Pin({scl})), rate_hz={rate})
-else:
-    s = sensors.ADC([machine.ADC(p) for p in {adc!r}], rate_hz={rate})
-q = sensors.Quantizer.from_scale(m.in_scale, m.in_zp, raw_per_unit=[{per_unit}] * s.channels)
-rec = sensors.Recorder(s, q, frames=m.in_size // s.channels)
-for k in range({count}):
-    label, loss = rec.record(t, label={label})
-    print('sample', k, 'label', label, 'loss', loss)
-t.checkpoint()
-print('RECORDED', {count}, 'STEPS', t.steps)
-"""
-
-
-def record_on_board(port, board, sensor, label, count, name, per_unit, rate):
-    """The board reads its own sensor (pins from the board definition) and trains on each sample."""
-    from .board_io import BoardError, Session
-    pins = board.pins or {}
-    i2c = pins.get("i2c", {"id": 0, "sda": 4, "scl": 5})
-    script = SENSOR_SCRIPT.format(name=name, ckpt=name.rsplit(".", 1)[0] + ".ckpt", sensor=sensor,
-                                  i2c_id=i2c["id"], sda=i2c["sda"], scl=i2c["scl"], adc=pins.get("adc", [26]),
-                                  rate=rate, per_unit=per_unit, count=count, label=label)
-    try:
-        with Session(port) as s:
-            return s.exec(script).decode()
-    except Exception as e:                  # noqa: BLE001 - the board's exception text is the message
-        raise BoardError(str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)) from e
-
-
 @main.command(name="train")
 @click.argument("data", type=click.Path(exists=True, dir_okay=False), required=False)
 @click.option("--sensor", type=click.Choice(["mpu6050", "adc"]), help="Instead of DATA: the board records from its own sensor.")
@@ -273,11 +184,12 @@ def train_cmd(data, sensor, count, board_name, raw_per_unit, rate, port, model_p
     """
     port = _need_port(port)
     if sensor:
-        from . import boards as B
-        from .board_io import BoardError
+        from microtrain.device import boards as B
+        from microtrain.device.board_io import BoardError
         if label is None:
             _fail("--sensor needs --label (the class being recorded)")
         try:
+            from microtrain.device.recording import record_on_board
             out = record_on_board(port, B.get(board_name), sensor, label, count, name, raw_per_unit, rate)
         except BoardError as e:
             _fail(f"recording on the board: {e}")
@@ -285,11 +197,12 @@ def train_cmd(data, sensor, count, board_name, raw_per_unit, rate, port, model_p
         return
     if not data:
         _fail("give a DATA file (CSV, NPZ, WAV) or --sensor")
-    from .link import Link
+    from microtrain.device.link import Link
     model = None
     if model_path:
-        from .modelfile import load
+        from microtrain.model.modelfile import load
         model = _quantizable(load(model_path)[0], model_path)
+    from microtrain.cli.samples import load_samples
     x, y = load_samples(data, model, label)
     from rich.progress import Progress
     with Link(port, name) as link, Progress() as bar:
@@ -318,90 +231,14 @@ def _quantizable(model, path):
 @click.option("--name", default="model.mtm", show_default=True)
 def telemetry(port, follow, jsonl, csv_path, png, name):
     """Training telemetry from the board: loss, accuracy, step time, heap, events."""
-    from .link import Link
+    from microtrain.cli import report
+    from microtrain.device.link import Link
     port = _need_port(port)
     with Link(port, name) as link:
         records = link.telemetry()
         if follow:
-            records = _live(link, records)
-    write_records(records, jsonl, csv_path, png)
-
-
-def _live(link, records):
-    from rich.live import Live
-    try:
-        with Live(refresh_per_second=4) as live:
-            while True:
-                records = link.telemetry()
-                live.update(_table(records[-15:]))
-                time.sleep(0.25)
-    except KeyboardInterrupt:
-        return records
-
-
-def _table(records):
-    from rich.table import Table
-    t = Table("step", "kind", "loss", "ok", "us", "heap free", "value")
-    for r in records:
-        t.add_row(str(r["step"]), r["kind"], f"{r['loss']:.3f}", "✓" if r["correct"] else "", str(r["us"]),
-                  str(r["heap_free"]), f"{r['value']:.3f}" if r["value"] else "")
-    return t
-
-
-def write_records(records, jsonl=None, csv_path=None, png=None):
-    if jsonl:
-        with open(jsonl, "a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-    if csv_path:
-        import csv
-        with open(csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["step"])
-            w.writeheader()
-            w.writerows(records)
-    if png:
-        plot_records(records, png)
-    steps = [r for r in records if r["kind"] == "step"]
-    if steps:
-        n = len(steps)
-        acc = sum(r["correct"] for r in steps) / n
-        click.echo(f"{n} steps, mean loss {sum(r['loss'] for r in steps) / n:.3f}, train accuracy {acc:.3f}, "
-                   f"step time {sorted(r['us'] for r in steps)[n // 2]} us (median)")
-
-
-def plot_records(records, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        _fail("--png needs matplotlib: pip install 'microtrain[plot]'")
-    steps = [r for r in records if r["kind"] == "step"]
-    evals = [r for r in records if r["kind"] == "evaluate"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    if steps:
-        k = max(1, len(steps) // 20)
-        xs = [r["step"] for r in steps]
-        loss = [sum(s["loss"] for s in steps[max(0, i - k):i + 1]) / len(steps[max(0, i - k):i + 1]) for i in range(len(steps))]
-        ax.plot(xs, loss, label="loss (running mean)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if evals:
-        by_step = {}
-        for r in evals:                  # an evaluation in several chunks: their mean
-            by_step.setdefault(r["step"], []).append(r["value"])
-        ax2 = ax.twinx()
-        ax2.plot(list(by_step), [sum(v) / len(v) for v in by_step.values()], "o-", color="tab:green",
-                 label="validation accuracy")
-        ax2.set_ylim(0, 1)
-        ax2.set_ylabel("accuracy")
-    for r in records:
-        if r["kind"] in ("rollback", "checkpoint", "class"):
-            ax.axvline(r["step"], color="tab:red" if r["kind"] == "rollback" else "tab:gray", lw=0.8, ls=":")
-    ax.set_title("microtrain")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    click.echo(f"wrote {path}")
+            records = report.live(link, records)
+    report.write_records(records, jsonl, csv_path, png)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,8 +254,8 @@ def plot_records(records, path):
 def pull(port, model_path, checkpoint, output, delta, name):
     """Bring back the trained weights from the board's last checkpoint."""
     import numpy as np
-    from . import modelfile
-    from .board_io import BoardError, Session, apply_checkpoint, parse_checkpoint
+    from microtrain.model import modelfile
+    from microtrain.device.board_io import BoardError, Session, apply_checkpoint, parse_checkpoint
     port = _need_port(port)
     checkpoint = checkpoint or name.rsplit(".", 1)[0] + ".ckpt"
     try:
@@ -463,15 +300,16 @@ def pull(port, model_path, checkpoint, output, delta, name):
 @click.option("--name", default="model.mtm", show_default=True)
 def evaluate(data, model_path, port, simulate, name):
     """Accuracy of the model on labelled samples, on the board or in the host simulator."""
-    from .modelfile import load
+    from microtrain.model.modelfile import load
     model, plan = load(model_path)
+    from microtrain.cli.samples import load_samples
     x, y = load_samples(data, model if model.input_scale else None)
     if simulate:
         import numpy as np
-        from .graph import forward
+        from microtrain.model.qmodel import forward
         right = sum(int(np.argmax(forward(model, xi))) == int(yi) for xi, yi in zip(x, y))
     else:
-        from .link import Link
+        from microtrain.device.link import Link
         cap = plan["buffers"]["val_y"][1] if plan else 8
         with Link(_need_port(port), name) as link:
             right = link.evaluate(x, y, cap)
@@ -486,8 +324,8 @@ def evaluate(data, model_path, port, simulate, name):
 @click.option("--drive", type=click.Path(), help="rpi_pico: the RPI-RP2 drive (found automatically when mounted).")
 def flash(board_name, firmware, port, drive):
     """Write a MicroPython firmware: ESP32-S3 with esptool, RP2040 by UF2 copy to the RPI-RP2 drive."""
-    from . import boards as B
-    from . import flashing
+    from microtrain.device import boards as B
+    from microtrain.device import flashing
     board = B.get(board_name)
     try:
         if board.flash_method == "uf2":
@@ -510,8 +348,8 @@ def flash(board_name, firmware, port, drive):
 def virtual_board(board_name, flash_dir):
     """Start a board on a pty: the real MicroPython unix port with the x64 native module, a heap
     the size of the chosen board and a folder as its flash.  Prints the port; Ctrl-C stops it."""
-    from . import boards as B
-    from .virtualboard import VirtualBoard
+    from microtrain.device import boards as B
+    from microtrain.device.virtualboard import VirtualBoard
     board = B.get(board_name)
     with VirtualBoard(heap=f"{board.heap_bytes // 1024}K", flash_dir=flash_dir) as vb:
         click.echo(f"virtual board ({board.name} heap {board.heap_bytes // 1024} K) on {vb.port}")
@@ -532,7 +370,7 @@ def virtual_board(board_name, flash_dir):
 def demo(port, epochs, png):
     """The whole loop: (virtual) board, pretrained model, convert, push, stream, train, telemetry,
     accuracy before/after, pull — on BasicMotions IMU data seen through a new "device"."""
-    from .demo import run_demo
+    from microtrain.cli.main import run_demo
     result = run_demo(port, epochs=epochs, png=png, echo=click.echo)
     if not result["bit_identical"]:
         _fail("the board's weights differ from the host simulation")

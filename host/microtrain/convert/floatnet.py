@@ -36,7 +36,7 @@ def _pair(v):
 def conv_geometry(in_h, in_w, k_h, k_w, stride, padding):
     """(out_h, out_w, pad_t, pad_l) of a conv/pool window, TFLite SAME/VALID rules (the same
     computation as the integer kernels' geometry, reference.Geom.conv)."""
-    from .reference import Geom
+    from microtrain.sim.reference import Geom
     g = Geom.conv(in_h, in_w, 1, 1, k_h, k_w, tuple(stride), padding)
     return g.out_h, g.out_w, g.pad_t, g.pad_l
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import reference as ref
-from .quant import quantize_multipliers, softmax_params
+from microtrain.sim import reference as ref
+from microtrain.model.fixedpoint import quantize_multipliers, softmax_params
 
 OPS = ("conv", "dwconv", "maxpool", "avgpool", "softmax")
 PARAMETRIC = ("conv", "dwconv")

@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import reference as ref
-from .graph import QLayer, QModel
-from .quant import quantize_multiplier, quantize_multipliers, softmax_params
+from microtrain.sim import reference as ref
+from microtrain.model.qmodel import QLayer, QModel
+from microtrain.model.fixedpoint import quantize_multiplier, quantize_multipliers, softmax_params
 
 SOFTMAX_OUT = (1.0 / 256, -128)          # TFLite's int8 softmax output quantization
 MAX_ELEMENTS = 1 << 26                    # refuse absurd shapes (garbage files) before allocating

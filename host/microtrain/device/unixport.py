@@ -11,13 +11,13 @@ import tempfile
 
 import numpy as np
 
-from . import modelfile
+from microtrain.model import modelfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def repo_root():
-    return os.path.dirname(os.path.dirname(HERE))
+    return os.path.dirname(os.path.dirname(os.path.dirname(HERE)))   # host/microtrain/device -> the checkout
 
 
 def dist_dir():

@@ -4,7 +4,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import datasets, floatnet, quantize
+from microtrain import datasets
+from microtrain.convert import floatnet
+from microtrain.convert import quantize
 
 IMU_CLASSES = ("Standing", "Running", "Walking", "Badminton")
 

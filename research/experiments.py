@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import datasets, floatnet, graph, planner, quantize, simulator
+from microtrain import datasets
+from microtrain.convert import floatnet
+from microtrain.model import qmodel
+from microtrain.plan import planner
+from microtrain.convert import quantize
+from microtrain.sim import simulator
 
 
 @dataclass
@@ -53,7 +58,7 @@ def imu_scenario():
 
 def int8_accuracy(model, X, y):
     xq = model.quantize_input(X)
-    return float(np.mean([int(np.argmax(graph.forward(model, x))) == t for x, t in zip(xq, y)]))
+    return float(np.mean([int(np.argmax(qmodel.forward(model, x))) == t for x, t in zip(xq, y)]))
 
 
 def finetune_int8(model, policy, lr, qas, Xf, yf, epochs, seed):
