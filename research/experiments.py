@@ -76,7 +76,7 @@ def dequantized_net(net, model):
     """A copy of the float net holding the int8 model's weights, dequantized."""
     f = net.copy()
     for l, q in zip(f.layers, model.layers):
-        if q.op not in ("conv", "dwconv"):
+        if q.op not in qmodel.PARAMETRIC:
             continue
         s_w = np.asarray(q.s_w, np.float64)
         wq = np.asarray(q.w, np.float64)

@@ -164,9 +164,7 @@ def ref_scratch_forward(g):
 
 
 def ref_scratch_update(g, cin_lo, cin_hi):
-    kc = g.taps * (cin_hi - cin_lo)
-    a4 = lambda v: (v + 3) & ~3   # noqa: E731
-    return a4(2 * kc * g.positions) + a4(4 * g.positions) + 8 * kc
+    return ref.conv_update_scratch(g, cin_lo, cin_hi)
 
 
 def conv_input_grad_case(rng, kind=None):
@@ -219,7 +217,7 @@ def _update_case(rng, g, depthwise):
     gy = _grad(rng, g.positions * g.out_c, bound if rng.integers(0, 2) else min(bound, 2000))
     fn = ref.dwconv_update if depthwise else ref.conv_update
     w2, b2, s2 = fn(g, x, zx, gy, g_exp, w, bias, rows, lo, hi, w_mult, w_shift, b_mult, b_shift, state)
-    scratch = 4 * g.taps if depthwise else ref_scratch_update(g, lo, hi)
+    scratch = ref.dwconv_update_scratch(g) if depthwise else ref_scratch_update(g, lo, hi)
     args = [In(g.array()), In(x), zx, In(gy), g_exp, InOut(w), None if bias is None else InOut(bias),
             In(rows), lo, hi, In(w_mult), In(w_shift), None if b_mult is None else In(b_mult),
             None if b_shift is None else In(b_shift), InOut(np.array([state], np.uint32)), Out("int8", scratch)]

@@ -64,7 +64,7 @@ def test_convert_push_train_telemetry_pull_evaluate(board, tmp_path):
     trained, _ = modelfile.load(tmp_path / "trained.mtm")
 
     # the host simulation of the same samples, same order, same plan
-    sim = simulator.Simulator(model, _plan_from_file(model, plan))
+    sim = simulator.Simulator(model, plan)        # the file's own plan, as it was written
     for _ in range(3):
         for x, y in zip(xf, yf):
             sim.step(x, int(y))
@@ -75,25 +75,6 @@ def test_convert_push_train_telemetry_pull_evaluate(board, tmp_path):
     assert acc(sim_out) == acc(after)                     # the pulled model scores what the board scored
     d = np.load(tmp_path / "delta.npz")
     assert any(np.any(d[k]) for k in d.files)
-
-
-def _plan_from_file(model, plan):
-    """A planner.Plan-like object from the file's plan dict, enough for the simulator."""
-    from microtrain.plan.planner import GradSpec, TrainSpec
-
-    class P:
-        pass
-    p = P()
-    p.seed, p.first_backward, p.masks = plan["seed"], plan["first_backward"], plan["masks"]
-    p.train = []
-    for t in plan["train"]:
-        i32 = lambda b: None if b is None else np.frombuffer(b, "<i4").astype(np.int32)   # noqa: E731
-        p.train.append(TrainSpec(t["layer"], np.frombuffer(t["rows"], "<u2"), t["cin_lo"], t["cin_hi"],
-                                 bool(t["bias"]), i32(t["w_mult"]), i32(t["w_shift"]), i32(t["b_mult"]),
-                                 i32(t["b_shift"])))
-    p.grads = {i: GradSpec(i, np.frombuffer(m, "<i4").astype(np.int32), np.frombuffer(s, "<i4").astype(np.int32), adj)
-               for i, (m, s, adj) in plan["grads"].items()}
-    return p
 
 
 def test_mpremote_works_against_the_virtual_board(board):

@@ -69,7 +69,35 @@ def test_nothing_connected_says_so(tmp_path, monkeypatch):
     assert r.exit_code != 0 and "no board found" in r.output
     r = CliRunner().invoke(cli.main, ["boards"])
     assert r.exit_code == 0 and "rpi_pico" in r.output and "esp32_s3" in r.output
-    assert "plugged in" in r.output
+
+
+def _ports(*ports):
+    """pyserial's port list as the OS would give it: ListPortInfo objects with USB ids."""
+    from serial.tools.list_ports_common import ListPortInfo
+    out = []
+    for device, vid, pid, desc in ports:
+        p = ListPortInfo(device, skip_link_detection=True)
+        p.vid, p.pid, p.description = vid, pid, desc
+        out.append(p)
+    return out
+
+
+def test_boards_lists_what_is_plugged_in(monkeypatch):
+    from serial.tools import list_ports
+    monkeypatch.setattr(list_ports, "comports", lambda: _ports())
+    r = CliRunner().invoke(cli.main, ["boards"])
+    assert r.exit_code == 0 and "no USB serial device found" in r.output
+    monkeypatch.setattr(list_ports, "comports", lambda: _ports(("/dev/ttyACM3", 0x2E8A, 0x0005, "Board CDC"),
+                                                               ("/dev/ttyS0", None, None, "n/a"),
+                                                               ("/dev/ttyUSB1", 0x1A86, 0x55D4, "USB Single Serial")))
+    r = CliRunner().invoke(cli.main, ["boards"])
+    assert r.exit_code == 0 and "no USB serial device found" not in r.output
+    lines = r.output.split("plugged in:")[1].strip().splitlines()
+    assert [ln.split()[:3] for ln in lines] == [["/dev/ttyACM3", "2e8a:0005", "rpi_pico"],
+                                                ["/dev/ttyUSB1", "1a86:55d4", "esp32_s3"]]
+    # one board plugged in: commands find it without --port; two: they ask which
+    r = CliRunner().invoke(cli.main, ["push", "--port", ""])
+    assert r.exit_code != 0 and "several boards plugged in (/dev/ttyACM3, /dev/ttyUSB1): pass --port" in r.output
 
 
 def test_help_does_not_import_numpy_or_onnx():

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 import pytest
 
+from microtrain.sim import reference as ref
 from tests.conftest import HOSTPORT, ROOT, micropython_unix, run_micropython
 from tests.kernel_cases import (FILL, Case, Expr, In, InOut, Out, GENERATORS, _TYPECODE, all_cases,
                                 check_errors, mpy_script, parse_mpy_output)
@@ -294,8 +295,8 @@ def odd_cases(rng, n):
         bias = (InOut(rng.choice([-(1 << 31), (1 << 31) - 1, 0, 5], oc).astype(np.int32))
                 if bm is not None or rng.integers(0, 2) else None)
         gy = grad(M * oc, min(32767, ((1 << 31) - 1) // (255 * M)) if hi > lo else 32767)
-        kc = taps * (hi - lo)
-        scratch = 4 * taps if dw else ((2 * kc * M + 3) & ~3) + ((4 * M + 3) & ~3) + 8 * kc
+        G = ref.Geom(*(int(v) for v in g))
+        scratch = ref.dwconv_update_scratch(G) if dw else ref.conv_update_scratch(G, lo, hi)
         args = [In(g), In(i8(int(g[0] * g[1] * ic))), ri(-128, 127), In(gy), ri(-64, 64), InOut(w), bias, In(rows),
                 lo, hi, wm, ws, bm, bs, InOut(np.array([ri(1, (1 << 32) - 1)], np.uint32)), Out("int8", scratch)]
         return Case("dwconv_update" if dw else "conv_update", args, {5: 0, 14: 0, **({6: 0} if bias else {})})
@@ -314,7 +315,7 @@ def odd_cases(rng, n):
                 args = [In(g), In(i8(nin)), ri(-128, 127), In(i8(nw)), bias] + requant(oc)
                 args += [Out("int8", M * oc), Out("uint8", (M * oc + 7) // 8 + ri(0, 2))]
                 if not dw:
-                    args.append(Out("int8", 4 * taps * ic + (2 * int(g[1]) * ic if g[6] == 1 else 0)))
+                    args.append(Out("int8", ref.conv_forward_scratch(ref.Geom(*(int(v) for v in g)))))
                 cases.append(Case("dwconv_forward" if dw else "conv_forward", args, {11: 0, 12: 0}))
             elif k % 3 == 1:
                 bound = ((1 << 31) - 1) // (128 * taps * (int(g[12]) if dw else oc))

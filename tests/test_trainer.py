@@ -2,6 +2,7 @@
 MicroPython (unix port with the x64 .mpy, and the pure-Python backend), bit-identical with the
 host simulation; memory under a board-sized heap; robustness; class addition."""
 
+import io
 import struct
 
 import numpy as np
@@ -45,9 +46,26 @@ def test_model_file_round_trip(imu):
         if a.w is not None:
             assert np.array_equal(a.w, b.w) and np.array_equal(a.b, b.b)
             assert np.array_equal(a.mult, b.mult) and np.array_equal(a.shift, b.shift)
-    assert [t["layer"] for t in plan2["train"]] == [t.layer for t in p.train]
-    assert plan2["arena"] == p.arena_size and set(plan2["buffers"]) == set(p.buffers)
+    assert [t.layer for t in plan2.train] == [t.layer for t in p.train]
+    assert plan2.arena_size == p.arena_size and set(plan2.buffers) == set(p.buffers)
     assert m2.labels == list(zoo.IMU_CLASSES)
+    # the objects that wrote the file come back: same scales, same plan, same bytes
+    assert modelfile.to_bytes(m2, plan2) == data
+    assert m2.input_scale == model.input_scale and all(
+        a.s_x == b.s_x and a.s_y == b.s_y and np.array_equal(a.s_w, b.s_w) for a, b in zip(model.layers, m2.layers))
+    assert plan2.summary(m2) == p.summary(model) and plan2.peak_bytes == p.peak_bytes
+    assert planner.plan(m2, "sparse").buffers == p.buffers            # a file's model plans again
+
+
+def test_model_file_without_host_section_still_loads(imu):
+    """A file written elsewhere (no HOST section) gives the integers, without float scales."""
+    _, model, _, _ = imu
+    data = modelfile.to_bytes(model, planner.plan(model, "bias-only"))
+    sections = fmt.read_sections(io.BytesIO(data), skip=())
+    bare = modelfile._assemble([(t, bytes(sections[t])) for t in modelfile._order(data) if t != fmt.HOST_TAG])
+    m2, plan2 = modelfile.from_bytes(bare)
+    assert m2.layers[0].s_x is None and [t.layer for t in plan2.train] == [t.layer for t in planner.plan(model, "bias-only").train]
+    assert all(np.array_equal(a.w, b.w) for a, b in zip(model.layers, m2.layers) if a.w is not None)
 
 
 def corruptions(data, rng):

@@ -10,7 +10,8 @@ from . import backend
 from . import modelfile
 from ._compat import const, typed
 
-# layer kinds (const: MicroPython folds them into the code instead of looking up a global)
+# layer kinds: indices into modelfile.OPS (const: MicroPython folds them into the code instead
+# of looking up a global)
 OP_CONV = const(0)
 OP_DWCONV = const(1)
 OP_MAXPOOL = const(2)

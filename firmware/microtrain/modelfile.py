@@ -2,7 +2,10 @@
 #
 #   header   '<4sHHI'  magic b'MTRN', version, n_sections, crc32(header[0:8] + section table)
 #   table    n x '<4sIII'  tag, offset, length, crc32 of the section
-#   sections INFO LAYR WGHT BIAS QPAR LABL [PLAN INDX]  (offsets 4-aligned)
+#   sections INFO LAYR WGHT BIAS QPAR LABL [PLAN INDX] [HOST]  (offsets 4-aligned)
+#
+# HOST holds what only the host reads (float scales, names, the plan's report figures, as JSON):
+# the board checks its CRC as it streams past and keeps none of it.
 #
 # Section layouts are the *_FMT strings below; docs/model-format.md describes every field.
 # The reader checks magic, version, bounds and every CRC before it trusts a byte, and says what
@@ -23,6 +26,7 @@ TRAIN_FMT = "<HHHHIII"       # layer flags cin_lo cin_hi rows_off n_rows wq_off 
 GRAD_FMT = "<HhI"            # layer exp_adjust q_off
 BUFFER_FMT = "<8sII"         # name offset size
 NONE = 0xFFFFFFFF
+HOST_TAG = "HOST"
 
 OPS = ("conv", "dwconv", "maxpool", "avgpool", "softmax")
 FLAG_DOUBLE_ROUNDING = 1
@@ -55,8 +59,9 @@ def _read_exact(f, n, what):
     return b
 
 
-def read_sections(f):
-    """{tag: bytes} of a model file object, every CRC checked."""
+def read_sections(f, skip=(HOST_TAG,)):
+    """{tag: bytes} of a model file object, every CRC checked; sections in `skip` are checked
+    and not kept."""
     head = _read_exact(f, struct.calcsize(HEADER_FMT), "header")
     magic, version, n, crc = struct.unpack(HEADER_FMT, head)
     if magic != MAGIC:
@@ -80,10 +85,21 @@ def read_sections(f):
             raise ModelFileError("corrupted section table (section %s overlaps)" % tag)
         if off > pos:
             _read_exact(f, off - pos, "padding before " + tag)
-        data = _read_exact(f, length, "section " + tag)
-        if _crc(data) != scrc:
+        if tag in skip:
+            data = None
+            crc = 0
+            left = length
+            while left:
+                chunk = _read_exact(f, min(left, 64), "section " + tag)
+                crc = _crc(chunk, crc)
+                left -= len(chunk)
+        else:
+            data = _read_exact(f, length, "section " + tag)
+            crc = _crc(data)
+        if crc != scrc:
             raise ModelFileError("section %s is corrupted (CRC mismatch)" % tag)
-        sections[tag] = data
+        if data is not None:
+            sections[tag] = data
         pos = off + length
     for tag in ("INFO", "LAYR", "WGHT", "BIAS", "QPAR"):
         if tag not in sections:

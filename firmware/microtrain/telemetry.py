@@ -8,6 +8,7 @@ import struct
 
 RECORD_FMT = "<BBhIiIihH"
 RECORD_SIZE = struct.calcsize(RECORD_FMT)
+RING_RECORDS = 32      # records the ring keeps (the planner reserves them in the arena)
 STEP, EPOCH, EVAL, CHECKPOINT, ROLLBACK, CLASS = 1, 2, 3, 4, 5, 6
 KINDS = {STEP: "step", EPOCH: "epoch", EVAL: "evaluate", CHECKPOINT: "checkpoint", ROLLBACK: "rollback",
          CLASS: "class"}
@@ -20,7 +21,7 @@ class Telemetry:
     aggregates."""
 
     def __init__(self, buf=None, sink=None):
-        self.buf = buf if buf is not None else bytearray(32 * RECORD_SIZE)
+        self.buf = buf if buf is not None else bytearray(RING_RECORDS * RECORD_SIZE)
         self.capacity = len(self.buf) // RECORD_SIZE
         self.head = 0          # records written in total
         self.sink = sink       # optional callable(record_bytes), e.g. the serial link

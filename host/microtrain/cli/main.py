@@ -310,7 +310,7 @@ def evaluate(data, model_path, port, simulate, name):
         right = sum(int(np.argmax(forward(model, xi))) == int(yi) for xi, yi in zip(x, y))
     else:
         from microtrain.device.link import Link
-        cap = plan["buffers"]["val_y"][1] if plan else 8
+        cap = plan.buffers["val_y"].size if plan else 8
         with Link(_need_port(port), name) as link:
             right = link.evaluate(x, y, cap)
     click.echo(f"accuracy {right}/{len(y)} = {right / len(y):.3f} ({'simulator' if simulate else 'board'})")

@@ -2,9 +2,12 @@
 
 The format and its reader live in the board library (firmware/microtrain/modelfile.py, importable
 here as microtrain.board.modelfile), so the board and the host parse the same bytes with the same
-code; this module adds the writer and conversions from/to QModel and Plan.
+code; this module adds the writer and the conversions from and to QModel and Plan: a file read back
+with `load` gives the QModel and Plan that wrote it (`to_bytes(*from_bytes(data)) == data`).
 """
 
+import io
+import json
 import struct
 import zlib
 
@@ -12,7 +15,8 @@ import numpy as np
 
 from microtrain.sim import reference as ref
 from microtrain.board import modelfile as fmt
-from microtrain.model.qmodel import QLayer, QModel
+from microtrain.model.qmodel import PARAMETRIC, QLayer, QModel
+from microtrain.plan.planner import Buffer, GradSpec, Plan, TrainSpec
 
 ALIGN = 4
 
@@ -37,7 +41,7 @@ def to_bytes(model, plan=None):
         g = l.geom
         flags = (fmt.FLAG_DOUBLE_ROUNDING if l.double_rounding else 0)
         w_off = w_len = b_off = q_off = q_n = 0
-        if l.op in ("conv", "dwconv"):
+        if l.op in PARAMETRIC:
             w = np.asarray(l.w, np.int8).ravel()
             w_off, w_len = wght.add(w.tobytes()), w.size
             if l.b is not None:
@@ -58,8 +62,22 @@ def to_bytes(model, plan=None):
         sections.append(("PLAN", _plan_bytes(model, plan, qpar, idx)))
         sections.append(("INDX", bytes(idx.data)))
     sections += [("WGHT", bytes(wght.data)), ("BIAS", bytes(bias.data)), ("QPAR", bytes(qpar.data)),
-                 ("LABL", "\n".join(model.labels).encode())]
+                 ("LABL", "\n".join(model.labels).encode()), (fmt.HOST_TAG, _host_bytes(model, plan))]
     return _assemble(sections)
+
+
+def _host_bytes(model, plan):
+    """The HOST section: what only the host needs to rebuild the objects that wrote the file
+    (float scales, names, the plan's policy and report figures).  JSON, whose floats read back
+    to the same float64; the board skips the section (its CRC is still checked)."""
+    meta = {"name": model.name, "input_scale": model.input_scale,
+            "layers": [{"name": l.name, "s_x": l.s_x, "s_y": l.s_y,
+                        "s_w": None if l.s_w is None else [float(v) for v in np.ravel(l.s_w)]}
+                       for l in model.layers]}
+    if plan is not None:
+        meta["plan"] = {"policy": plan.policy, "lr": plan.lr, "notes": list(plan.notes), "word_bytes": plan.word_bytes,
+                        "weight_bytes_ram": plan.weight_bytes_ram, "frozen_bytes": plan.frozen_bytes}
+    return json.dumps(meta, separators=(",", ":")).encode()
 
 
 def _plan_bytes(model, plan, qpar, idx):
@@ -118,37 +136,65 @@ def save(path, model, plan=None):
 
 
 def from_bytes(data):
-    """(QModel, plan dict or None) from model file bytes, through the board's reader.  Float
-    scales are not stored in the file (the board never needs them), so they come back as None."""
-    import io
-    sections = fmt.read_sections(io.BytesIO(data))
+    """(QModel, Plan or None) from model file bytes, through the board's reader.  A file without
+    a HOST section (written elsewhere) has no float scales: they come back as None, and such a
+    model runs and trains but cannot be planned again."""
+    sections = fmt.read_sections(io.BytesIO(data), skip=())
     info, layers, labels = fmt.parse_layers(sections)
     n_layers, n_classes, h, w, c, zp, max_classes, _flags, scale = info
+    meta = json.loads(bytes(sections[fmt.HOST_TAG]).decode()) if fmt.HOST_TAG in sections else None
+    lmeta = meta["layers"] if meta and len(meta["layers"]) == len(layers) else [{}] * len(layers)
     qlayers = []
-    for d in layers:
+    for d, lm in zip(layers, lmeta):
         g = ref.Geom(*d["geom"])
-        ql = QLayer(d["op"], g, s_x=None, z_x=d["zx"], s_y=None, z_y=d["zy"], act_min=d["act_min"],
-                    act_max=d["act_max"], double_rounding=bool(d["double_rounding"]))
+        ql = QLayer(d["op"], g, s_x=lm.get("s_x"), z_x=d["zx"], s_y=lm.get("s_y"), z_y=d["zy"], act_min=d["act_min"],
+                    act_max=d["act_max"], double_rounding=bool(d["double_rounding"]), name=lm.get("name", ""))
+        if lm.get("s_w") is not None:
+            ql.s_w = np.array(lm["s_w"], np.float64)
         if d["w"] is not None:
             ql.w = np.frombuffer(d["w"], np.int8).copy()
-            ql.b = None if d["b"] is None else np.frombuffer(d["b"], "<i4").astype(np.int32)
-            ql.mult = np.frombuffer(d["mult"], "<i4").astype(np.int32)
-            ql.shift = np.frombuffer(d["shift"], "<i4").astype(np.int32)
+            ql.b = None if d["b"] is None else _i32(d["b"])
+            ql.mult, ql.shift = _i32(d["mult"]), _i32(d["shift"])
         if d["op"] == "softmax":
             ql.softmax = d["softmax"]
         qlayers.append(ql)
-    model = QModel.__new__(QModel)           # skip check(): scales are not in the file
-    model.layers, model.input_shape, model.input_scale = qlayers, (h, w, c), scale
-    model.input_zero_point, model.labels, model.name = zp, labels, "model"
-    return model, fmt.parse_plan(sections, layers)
+    if meta is not None:
+        model = QModel(qlayers, (h, w, c), meta["input_scale"], zp, labels, meta["name"])
+    else:
+        model = QModel.__new__(QModel)       # skip check(): the scales are not in the file
+        model.layers, model.input_shape, model.input_scale = qlayers, (h, w, c), scale
+        model.input_zero_point, model.labels, model.name = zp, labels, "model"
+    raw = fmt.parse_plan(sections, layers)
+    return model, None if raw is None else _plan(model, raw, (meta or {}).get("plan"), max_classes)
+
+
+def _i32(buf):
+    return None if buf is None else np.frombuffer(buf, "<i4").astype(np.int32)
+
+
+def _plan(model, raw, meta, max_classes):
+    """The planner's Plan from the file's plan (and the HOST section's report fields)."""
+    train = [TrainSpec(t["layer"], np.frombuffer(t["rows"], "<u2").copy(), t["cin_lo"], t["cin_hi"], bool(t["bias"]),
+                       _i32(t["w_mult"]), _i32(t["w_shift"]), _i32(t["b_mult"]), _i32(t["b_shift"]))
+             for t in raw["train"]]
+    grads = {i: GradSpec(i, _i32(m), _i32(s), adj) for i, (m, s, adj) in raw["grads"].items()}
+    buffers = {name: Buffer(name, off, size) for name, (off, size) in raw["buffers"].items()}
+    meta = meta or {}
+    p = Plan(meta.get("policy", "from file"), meta.get("lr", raw["lr"]), bool(raw["qas"]), train, grads,
+             raw["first_backward"], raw["kept"], raw["masks"], buffers, raw["arena"], raw["inference_arena"],
+             meta.get("weight_bytes_ram", 0), meta.get("frozen_bytes", 0), max_classes,
+             raw["seed"], tuple(raw["class_add"]))
+    p.notes = list(meta.get("notes", []))
+    p.word_bytes = meta.get("word_bytes", 4)
+    p.n_backward = len(model.layers) - 1 - p.first_backward
+    return p
 
 
 def replace_tensors(original, trained):
     """The original model file with the trained weights and biases written in.  If classes were
     added (shapes changed), an inference-only file of the trained model instead (the plan's
     offsets no longer hold; convert again to train further)."""
-    import io
-    sections = fmt.read_sections(io.BytesIO(original))
+    sections = fmt.read_sections(io.BytesIO(original), skip=())
     info, layers, _ = fmt.parse_layers(sections)
     if trained.n_classes != info[1]:
         return to_bytes(trained)

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from microtrain.board.modelfile import OPS  # the layer kinds: the model file's list, one home
 from microtrain.sim import reference as ref
 from microtrain.model.fixedpoint import quantize_multipliers, softmax_params
 
-OPS = ("conv", "dwconv", "maxpool", "avgpool", "softmax")
-PARAMETRIC = ("conv", "dwconv")
+PARAMETRIC = ("conv", "dwconv")      # kinds with weights, biases and requantization multipliers
 
 
 @dataclass

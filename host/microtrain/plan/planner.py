@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from microtrain.board import telemetry
 from microtrain.sim import reference
 from microtrain.model.qmodel import PARAMETRIC
 from microtrain.model.fixedpoint import quantize_multipliers
 
 ALIGN = 4
 SPARE_CLASSES = 2            # rows reserved for classes added on the board
-TELEMETRY_RECORDS = 32       # the telemetry ring (24-byte records) lives in the arena too
-TELEMETRY_RECORD = 24
 
 
 @dataclass
@@ -352,18 +351,16 @@ def _layout(model, first, kept, masks, grads, train, max_classes, val_capacity, 
     for t in train:
         l = layers[t.layer]
         if l.op == "conv":
-            g = l.geom
-            kc = g.taps * (t.cin_hi - t.cin_lo)
-            scratch = max(scratch, _align(2 * kc * g.positions) + _align(4 * g.positions) + 8 * kc)
+            scratch = max(scratch, reference.conv_update_scratch(l.geom, t.cin_lo, t.cin_hi))
         elif l.op == "dwconv":
-            scratch = max(scratch, 4 * l.geom.taps)
+            scratch = max(scratch, reference.dwconv_update_scratch(l.geom))
     add("scratch", scratch)
     n_in = int(np.prod(model.input_shape))
     add("val_x", val_capacity * n_in)
     add("val_y", val_capacity)
     add("replay", max_classes * replay_per_class * n_in)
     add("replay_n", max_classes)
-    add("telem", TELEMETRY_RECORDS * TELEMETRY_RECORD)
+    add("telem", telemetry.RING_RECORDS * telemetry.RECORD_SIZE)    # the telemetry ring
     return bufs, off
 
 

@@ -220,10 +220,30 @@ def im2col(g, x, zx):
 # convolution / fully connected (mt_conv.c)
 
 
+# Scratch sizes: the one statement of what each kernel needs.  The planner lays the arena out
+# with these; the C binding (mtkernels.c) and the Python twin (pykernels.py) check the same
+# sizes, and the kernel tests pass buffers of exactly these sizes to both.
+
 def conv_forward_scratch(g):
     """Bytes of scratch mt_conv_forward needs: two int16 im2col rows, and with k_h == 1 one
     widened input row (unpadded windows are read from it in place)."""
     return 4 * g.taps * g.in_c + (2 * g.in_w * g.in_c if g.k_h == 1 else 0)
+
+
+def conv_update_scratch(g, cin_lo, cin_hi):
+    """Bytes of scratch mt_conv_update needs for input channels [cin_lo, cin_hi): the int16
+    columns of every position, the int32 gradients of one row, and per column two int32 sums."""
+    kc = g.taps * (cin_hi - cin_lo)
+    return _align4(2 * kc * g.positions) + _align4(4 * g.positions) + 8 * kc
+
+
+def dwconv_update_scratch(g):
+    """Bytes of scratch mt_dwconv_update needs: one int32 per tap."""
+    return 4 * g.taps
+
+
+def _align4(n):
+    return (n + 3) & ~3
 
 
 def conv_forward(g, x, zx, w, bias, mult, shift, zy, act_min, act_max, double_rounding=False):

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from microtrain.sim import reference as ref
-from microtrain.model.qmodel import run_layer
+from microtrain.model.qmodel import PARAMETRIC, run_layer
 
 LOGIT_GRAD_EXP = ref.SOFTMAX_GRAD_EXP
 
@@ -60,7 +60,7 @@ class Simulator:
             x = outs[i]                      # this layer's input
             gx = ex = None
             if i in self.plan.grads or (i > self.plan.first_backward and l.op in ("maxpool", "avgpool")):
-                if l.op in ("conv", "dwconv"):
+                if l.op in PARAMETRIC:
                     gs = self.plan.grads[i]
                     gp = ref.grad_rescale(g.reshape(-1, l.geom.out_c), gs.mult, gs.shift).ravel()
                     fn = ref.conv_input_grad if l.op == "conv" else ref.dwconv_input_grad
