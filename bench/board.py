@@ -92,7 +92,7 @@ def put_files(t, folder, files):
 
 
 # Train on the samples, then write the trainable state in the order of
-# simulator.Simulator.trainable_state() + '<II' (PRNG state, steps) (as host/microtrain/unixport.py).
+# simulator.Simulator.trainable_state() + '<II' (PRNG state, steps) (as host/microtrain/device/unixport.py).
 TRAIN_SCRIPT = """
 import gc, struct, microtrain
 gc.collect()

@@ -1,4 +1,4 @@
-"""ONNX -> floatnet.Net -> int8 QModel converter (host/microtrain/convert_onnx.py).
+"""ONNX -> floatnet.Net -> int8 QModel converter (host/microtrain/convert/from_onnx.py).
 
 Small ONNX models are built here with onnx.helper (random weights, fixed seeds); the converted
 float Net must reproduce onnx.reference.ReferenceEvaluator's logits, and the quantized model

@@ -1,6 +1,6 @@
 # The serial link, board side: framed messages on the REPL's own stdin/stdout.
 #
-# The host (host/microtrain/link.py) enters the raw REPL and runs
+# The host (host/microtrain/device/link.py) enters the raw REPL and runs
 #     import microtrain.link as L; L.serve("model.mtm", "model.ckpt", 16, 60, check)
 # then both sides exchange frames until BYE.  Every frame:
 #

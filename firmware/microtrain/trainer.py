@@ -1,6 +1,6 @@
 # The trainer: one int8 training step along the plan of the model file, checkpoints and
 # rollback, validation, class addition, telemetry.  Step for step the same integer operations
-# as the host simulator (host/microtrain/simulator.py), so both hold identical bytes.
+# as the host simulator (host/microtrain/sim/simulator.py), so both hold identical bytes.
 
 import array
 import struct
