@@ -27,6 +27,9 @@ GRAD_FMT = "<HhI"            # layer exp_adjust q_off
 BUFFER_FMT = "<8sII"         # name offset size
 NONE = 0xFFFFFFFF
 HOST_TAG = "HOST"
+# the arena buffers every training plan has (plus act<i> / mask<i> for kept outputs and masks)
+ARENA_BUFFERS = ("input", "ping0", "ping1", "grad0", "grad1", "gacc", "scratch", "val_x", "val_y", "replay",
+                 "replay_n", "telem")
 
 OPS = ("conv", "dwconv", "maxpool", "avgpool", "softmax")
 FLAG_DOUBLE_ROUNDING = 1
@@ -78,9 +81,15 @@ def read_sections(f, skip=(HOST_TAG,)):
     for i in range(n):
         entries.append(struct.unpack_from(SECTION_FMT, table, i * struct.calcsize(SECTION_FMT)))
     pos = struct.calcsize(HEADER_FMT) + len(table)
+    size = _size(f, pos)
     sections = {}
     for tag, off, length, scrc in sorted(entries, key=lambda e: e[1]):
-        tag = bytes(tag).decode()
+        try:
+            tag = bytes(tag).decode()
+        except UnicodeError:
+            raise ModelFileError("corrupted section table (tag %r)" % (bytes(tag),))
+        if size is not None and off + length > size:     # before anything is allocated for it
+            raise ModelFileError("truncated file: section %s needs bytes %d..%d, the file has %d" % (tag, off, off + length, size))
         if off < pos:
             raise ModelFileError("corrupted section table (section %s overlaps)" % tag)
         if off > pos:
@@ -107,6 +116,16 @@ def read_sections(f, skip=(HOST_TAG,)):
     return sections
 
 
+def _size(f, pos):
+    """The file's size (then back to pos), or None where the stream cannot seek."""
+    try:
+        size = f.seek(0, 2)
+        f.seek(pos)
+        return size
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 def read(path):
     with open(path, "rb") as f:
         return read_sections(f)
@@ -121,8 +140,12 @@ def _slice(blob, off, n, what):
 
 def parse_layers(sections):
     """List of layer dicts with their int8 weight / int32 bias / multiplier bytes."""
+    if len(sections["INFO"]) != struct.calcsize(INFO_FMT):
+        raise ModelFileError("INFO holds %d bytes, expected %d" % (len(sections["INFO"]), struct.calcsize(INFO_FMT)))
     info = struct.unpack(INFO_FMT, sections["INFO"])
     n_layers = info[0]
+    if n_layers == 0 or info[1] == 0 or info[6] < info[1]:
+        raise ModelFileError("INFO is inconsistent: %d layers, %d classes, room for %d" % (n_layers, info[1], info[6]))
     lsize = struct.calcsize(LAYER_FMT)
     layr = sections["LAYR"]
     if len(layr) != n_layers * lsize:
@@ -214,8 +237,20 @@ def parse_plan(sections, layers):
             raise ModelFileError("PLAN section is truncated")
         name, off, size = struct.unpack_from(BUFFER_FMT, p, pos)
         pos += bsize
-        name = bytes(name).rstrip(b"\0").decode()
+        try:
+            name = bytes(name).rstrip(b"\0").decode()
+        except UnicodeError:
+            raise ModelFileError("PLAN names an arena buffer %r" % (bytes(name),))
         if off + size > arena or off & 3:
             raise ModelFileError("PLAN buffer %s lies outside the arena or is misaligned" % name)
         plan["buffers"][name] = (off, size)
+    need = list(ARENA_BUFFERS) + ["act%d" % i for i in plan["kept"]] + ["mask%d" % i for i in plan["masks"]]
+    for name in need:
+        if name not in plan["buffers"]:
+            raise ModelFileError("PLAN has no arena buffer %s" % name)
+    for i in plan["kept"] + plan["masks"]:
+        if i >= len(layers):
+            raise ModelFileError("PLAN keeps the output of layer %d, the model has %d" % (i, len(layers)))
+    if first >= len(layers):
+        raise ModelFileError("PLAN starts the backward pass at layer %d, the model has %d" % (first, len(layers)))
     return plan

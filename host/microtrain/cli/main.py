@@ -7,10 +7,13 @@ so `microtrain --help` starts fast.
 
 import json
 import os
+import re
 import sys
 import time
 
 import click
+
+from microtrain.cli.errors import Boundary
 
 
 def _dist():
@@ -22,9 +25,10 @@ def _fail(msg):
     raise click.ClickException(msg)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Boundary, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="microtrain")
-def main():
+@click.option("--debug", is_flag=True, help="Show the Python traceback of a failure instead of one line.")
+def main(debug):
     """On-device int8 training for MicroPython boards (RP2040, ESP32-S3) and a virtual board.
 
     \b
@@ -124,6 +128,25 @@ def _port_option(f):
     return click.option("--port", "-p", envvar="MICROTRAIN_PORT", help="Serial port of the board (or env MICROTRAIN_PORT).")(f)
 
 
+def _board_file(suffix):
+    """A click callback: a file name in the board's top folder ending in `suffix` - letters,
+    digits, '_', '-', '.'; nothing that climbs out of it or hides (no '/', no '..', no leading '.')."""
+    def check(ctx, param, value):
+        if value is None:
+            return value
+        if not (re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,39}", value) and ".." not in value
+                and value.endswith(suffix)):
+            raise click.BadParameter(f"{value!r}: a plain file name ending in {suffix} (letters, digits, "
+                                     "_ - .; no folders)", ctx, param)
+        return value
+    return check
+
+
+def _name_option(f):
+    return click.option("--name", default="model.mtm", show_default=True, callback=_board_file(".mtm"),
+                        help="The model file on the board (a plain name in its top folder).")(f)
+
+
 def _need_port(port):
     if port:
         return port
@@ -139,7 +162,7 @@ def _need_port(port):
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False), required=False)
 @_port_option
-@click.option("--name", default="model.mtm", show_default=True, help="File name of the model on the board.")
+@_name_option
 @click.option("--force", is_flag=True, help="Rewrite files even if the board has identical copies.")
 def push(model, port, name, force):
     """Install the board library and the native module for the board's arch, and copy MODEL.
@@ -173,9 +196,15 @@ def push(model, port, name, force):
               help="The model file pushed to the board (to quantize float samples).")
 @click.option("--label", type=int, help="Label of every sample (WAV, or a file of one class).")
 @click.option("--validation", is_flag=True, help="Keep the samples on the board for evaluation instead of training.")
-@click.option("--epochs", default=1, show_default=True)
-@click.option("--name", default="model.mtm", show_default=True, help="The model file on the board.")
-def train_cmd(data, sensor, count, board_name, raw_per_unit, rate, port, model_path, label, validation, epochs, name):
+@click.option("--epochs", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--samples-as", "kind", type=click.Choice(["auto", "int8", "float"]), default="auto", show_default=True,
+              help="How to read the values: auto takes whole numbers in [-128, 127] as int8 samples, else floats "
+                   "(quantized with --model's input scale).")
+@click.option("--deadline", type=click.FloatRange(min=1), help="Give up after this many seconds "
+              "[default: 120 s + 2 s per sample]; the board keeps what it applied, run again to resume.")
+@_name_option
+def train_cmd(data, sensor, count, board_name, raw_per_unit, rate, port, model_path, label, validation, epochs, kind,
+              deadline, name):
     """Stream labelled samples (CSV, NPZ, WAV) to the board, which trains on each as it arrives;
     or, with --sensor, let the board record and train on its own sensor's samples.
 
@@ -197,29 +226,25 @@ def train_cmd(data, sensor, count, board_name, raw_per_unit, rate, port, model_p
         return
     if not data:
         _fail("give a DATA file (CSV, NPZ, WAV) or --sensor")
+    from microtrain.cli.report import progress_view
+    from microtrain.cli.samples import load_samples
     from microtrain.device.link import Link
     model = None
     if model_path:
         from microtrain.model.modelfile import load
-        model = _quantizable(load(model_path)[0], model_path)
-    from microtrain.cli.samples import load_samples
-    x, y = load_samples(data, model, label)
-    from rich.progress import Progress
-    with Link(port, name) as link, Progress() as bar:
-        task = bar.add_task("validation" if validation else "training", total=len(x) * epochs)
+        model = load(model_path)[0]
+    x, y, how = load_samples(data, model, label, kind)
+    click.echo(f"{data}: {len(x)} samples of {x.shape[1]} values ({how})")
+    deadline = deadline or 120.0 + 2.0 * len(x) * epochs
+    with Link(port, name) as link, progress_view("validation" if validation else "training",
+                                                              len(x) * epochs) as show:
+        end = time.monotonic() + deadline
         for e in range(epochs):
-            stats = link.stream(x, y, validation=validation,
-                                progress=lambda done, total, e=e: bar.update(task, completed=e * len(x) + done))
+            stats = link.stream(x, y, validation=validation, deadline=end - time.monotonic(),
+                                progress=lambda done, total, e=e: show(e * len(x) + done))
     click.echo(f"{stats['samples']} samples, {stats['samples_per_s']:.1f} samples/s, "
                f"{stats['bytes_per_sample']:.0f} bytes/sample on the wire "
                f"({100 * stats['payload_efficiency']:.0f}% payload), {stats['retransmissions']} retransmissions")
-
-
-def _quantizable(model, path):
-    """A model read back from a file has no float input scale unless INFO carried it."""
-    if not model.input_scale:
-        _fail(f"{path} has no input scale: quantize samples yourself (int8 .npz)")
-    return model
 
 
 @main.command()
@@ -228,7 +253,7 @@ def _quantizable(model, path):
 @click.option("--jsonl", type=click.Path(dir_okay=False), help="Append records as JSON lines.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write records as CSV.")
 @click.option("--png", type=click.Path(dir_okay=False), help="Plot loss and accuracy (needs matplotlib: pip install microtrain[plot]).")
-@click.option("--name", default="model.mtm", show_default=True)
+@_name_option
 def telemetry(port, follow, jsonl, csv_path, png, name):
     """Training telemetry from the board: loss, accuracy, step time, heap, events."""
     from microtrain.cli import report
@@ -246,11 +271,12 @@ def telemetry(port, follow, jsonl, csv_path, png, name):
 @_port_option
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), required=True,
               help="The model file that was pushed (the trained tensors are written into a copy).")
-@click.option("--checkpoint", help="Checkpoint file on the board (default: the model's name with .ckpt).")
+@click.option("--checkpoint", callback=_board_file(".ckpt"),
+              help="Checkpoint file on the board (default: the model's name with .ckpt).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Where to write: .mtm (model file), .npz (trained tensors), .onnx (not supported: see docs).")
 @click.option("--delta", is_flag=True, help="With .npz: only the change of each trained tensor.")
-@click.option("--name", default="model.mtm", show_default=True, help="The model file on the board.")
+@_name_option
 def pull(port, model_path, checkpoint, output, delta, name):
     """Bring back the trained weights from the board's last checkpoint."""
     import numpy as np
@@ -297,13 +323,13 @@ def pull(port, model_path, checkpoint, output, delta, name):
 @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), required=True)
 @_port_option
 @click.option("--simulate", is_flag=True, help="Evaluate in the host simulator instead of on the board.")
-@click.option("--name", default="model.mtm", show_default=True)
+@_name_option
 def evaluate(data, model_path, port, simulate, name):
     """Accuracy of the model on labelled samples, on the board or in the host simulator."""
     from microtrain.model.modelfile import load
     model, plan = load(model_path)
     from microtrain.cli.samples import load_samples
-    x, y = load_samples(data, model if model.input_scale else None)
+    x, y, _ = load_samples(data, model)
     if simulate:
         import numpy as np
         from microtrain.model.qmodel import forward

@@ -85,3 +85,38 @@ def plot_records(records, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     click.echo(f"wrote {path}")
+
+
+class progress_view:
+    """Progress of a stream: rich's bar on a terminal; elsewhere (a pipe, a log, CI) a plain line
+    at least every 10 % or 5 s, so a long or struggling run is never silent.  `show(done)`."""
+
+    def __init__(self, what, total, echo=click.echo, tty=None):
+        import sys
+        self.what, self.total, self.echo = what, total, echo
+        self.tty = sys.stdout.isatty() if tty is None else tty
+        self.bar = None
+
+    def __enter__(self):
+        self.t0 = self.t_last = time.monotonic()
+        self.last = 0
+        if self.tty:
+            from rich.progress import Progress
+            self.bar = Progress()
+            self.bar.__enter__()
+            self.task = self.bar.add_task(self.what, total=self.total)
+        return self.show
+
+    def show(self, done):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+            return
+        now = time.monotonic()
+        if done >= self.total or done - self.last >= max(1, self.total // 10) or now - self.t_last >= 5:
+            rate = done / (now - self.t0) if now > self.t0 else 0.0
+            self.echo(f"{self.what}: {done}/{self.total} samples ({rate:.1f} samples/s)")
+            self.last, self.t_last = done, now
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)

@@ -60,6 +60,10 @@ class _Lost(Exception):
     """Internal: the session is gone, reconnect."""
 
 
+class DeadlineError(LinkError):
+    """The overall deadline of a stream or command passed; what the board applied stays applied."""
+
+
 def frame(typ, seq, payload=b"", flags=0):
     """The bytes of one frame."""
     head = struct.pack(proto.HEAD_FMT, len(payload), typ, flags, seq)
@@ -200,6 +204,9 @@ class Link:
         self._up = self._down = 0
         self._in_session = False
         self._last_rx = 0.0
+        self._deadline = None         # monotonic time after which stream/command give up
+        self._stream_base = None
+        self._stream_total = 0
         self.quiet = 0.5              # seconds without frames after which a session is probed first
         self._pace = 0.0              # running mean of seconds per acknowledged sample
 
@@ -385,6 +392,7 @@ class Link:
             if time.monotonic() > deadline:
                 raise LinkError(f"board on {self.port} unreachable for {self.reconnect_timeout:.0f} s "
                                 f"({why}); last errors: {failures[-3:]}")
+            self._check_deadline(f"reconnecting ({why}; last errors: {failures[-3:]})")
             time.sleep(0.1)
 
     def _ensure(self, probe=False):
@@ -401,11 +409,42 @@ class Link:
             self._reconnect("no session")
 
     # ---- streaming ----
-    def stream(self, samples, labels, validation=False, progress=None, checkpoint=True):
+    def _check_deadline(self, doing):
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise DeadlineError(f"gave up at the deadline while {doing}")
+
+    @contextlib.contextmanager
+    def deadline(self, seconds):
+        """Within the block, stream() and command() give up with DeadlineError after `seconds`
+        (None: no overall limit)."""
+        outer = self._deadline
+        if seconds is not None:
+            end = time.monotonic() + max(0.0, float(seconds))
+            self._deadline = end if outer is None else min(outer, end)
+        try:
+            yield
+        finally:
+            self._deadline = outer
+
+    def stream(self, samples, labels, validation=False, progress=None, checkpoint=True, deadline=None):
         """Send samples (int8, each of the model's input size) with their labels; each is applied
         exactly once (trained on, or with validation=True kept for evaluate()).  `progress(done,
         total)` is called as acks arrive.  With checkpoint=True the board checkpoints at the end.
+        `deadline`: seconds after which it gives up (DeadlineError, saying how far it got; the
+        board keeps what it applied and a new stream resumes after it).
         Returns throughput and wire statistics."""
+        with self.deadline(deadline):
+            try:
+                return self._stream(samples, labels, validation, progress, checkpoint)
+            except DeadlineError as e:
+                done = (self.last_seq - self._stream_base + 1) if self._stream_base is not None else 0
+                total = self._stream_total
+                raise DeadlineError(f"{e}: the board applied {max(done, 0)} of {total} samples "
+                                    f"(through seq {self.last_seq}); run again to resume") from None
+
+    def _stream(self, samples, labels, validation, progress, checkpoint):
+        self._stream_base = None
+        self._stream_total = len(labels)
         self._ensure(probe=True)
         in_size, n_classes = self.hello["in_size"], self.hello["n_classes"]
         payloads = []
@@ -422,6 +461,7 @@ class Link:
         flags = proto.F_VALIDATION if validation else 0
         base = self.last_seq + 1
         last = base + total - 1
+        self._stream_base = base
         st = {"samples": total, "first_seq": base, "retransmissions": 0, "timeouts": 0, "nacks": 0, "reconnects": 0,
               "resumed_from": []}
         up0, down0, bad0 = self._up, self._down, self._parser.bad
@@ -469,6 +509,7 @@ class Link:
                 if self._parser.repl_seen:
                     self._parser.repl_seen = False
                     raise _Lost("REPL output on the line")
+                self._check_deadline(f"streaming (acknowledged through seq {acked})")
                 if time.monotonic() - t_prog > self._ack_timeout():
                     st["timeouts"] += 1
                     misses += 1
@@ -553,6 +594,7 @@ class Link:
                         self._parser.repl_seen = False
                         raise _Lost("REPL output on the line")
                 misses += 1
+                self._check_deadline(f"waiting for the board's reply to {name!r}")
                 if misses > self.retries:
                     raise _Lost(f"no reply to {name!r}")
             except (_Lost, json.JSONDecodeError, *SERIAL_ERRORS) as e:

@@ -130,6 +130,9 @@ class Plan:
         return self.arena_size + self.weight_bytes_ram + self.bookkeeping_bytes
 
 
+POLICIES = 'sparse, bias-only, last-K (K = 1, 2, ...), full, or a JSON dict {"layer": {"bias": true, "weights": 0.5}}'
+
+
 class PlanError(ValueError):
     """A plan that cannot run: the message says why and what would fit."""
 
@@ -150,19 +153,31 @@ def resolve_policy(model, policy):
     if isinstance(policy, dict):
         spec = {}
         for k, v in policy.items():
+            if not isinstance(v, dict) or not str(k).lstrip("-").isdigit():
+                raise PlanError(f"a per-layer policy maps layer numbers to {{\"bias\": true/false, \"weights\": "
+                                f"fraction}}, got {k!r}: {v!r}")
             i = int(k)
             i = i if i >= 0 else len(model.layers) + i
             if i not in par:
                 raise PlanError(f"policy names layer {k}, which has no parameters (trainable: {par})")
-            spec[i] = {"bias": bool(v.get("bias", False)), "weights": float(v.get("weights", 0.0))}
+            w = v.get("weights", 0.0)
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0.0 <= w <= 1.0:
+                raise PlanError(f"policy layer {k}: weights is the fraction of input channels that train, "
+                                f"from 0 to 1, not {w!r}")
+            spec[i] = {"bias": bool(v.get("bias", False)), "weights": float(w)}
         return spec
     if policy == "bias-only":
         return {i: {"bias": True, "weights": 0.0} for i in par}
     if policy == "full":
         return {i: {"bias": True, "weights": 1.0} for i in par}
+    if not isinstance(policy, str):
+        raise PlanError(f"a policy is a name or a per-layer dict, not {type(policy).__name__}: {POLICIES}")
     if policy.startswith("last-"):
-        k = int(policy.split("-", 1)[1])
-        return {i: {"bias": True, "weights": 1.0} for i in par[-k:]}
+        k = policy.split("-", 1)[1]
+        if not k.isdigit() or not 1 <= int(k) <= len(par):
+            raise PlanError(f"unknown policy {policy!r}: last-K takes K from 1 to {len(par)} (the model's conv / "
+                            f"dense layers); valid policies: {POLICIES}")
+        return {i: {"bias": True, "weights": 1.0} for i in par[-int(k):]}
     if policy == "sparse":
         # all biases, the classifier's weights, the last conv's weights on half its input channels
         spec = {i: {"bias": True, "weights": 0.0} for i in par}
@@ -170,7 +185,7 @@ def resolve_policy(model, policy):
         if len(par) > 1:
             spec[par[-2]]["weights"] = 0.5
         return spec
-    raise PlanError(f"unknown policy {policy!r}: bias-only, last-K, sparse, full or a per-layer dict")
+    raise PlanError(f"unknown policy {policy!r}; valid policies: {POLICIES}")
 
 
 def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=None, seed=0x2545F491,
