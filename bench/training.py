@@ -75,6 +75,7 @@ def main(argv=None):
             results, mean, n_test = experiments.run(sc, policy, seeds=range(args.seeds), workers=2)
             plan64 = planner.plan(model, policy, word_bytes=8)       # the unix port: 64-bit objects
             mem = unixport.training_memory(model, plan64, xq, yq, heap="160K")
+            alloc = unixport.step_allocation(model, plan64, xq[:20], yq[:20])   # gc off, native kernels
             sim = simulator.Simulator(model, plan64)
             for x, y in zip(xq[:20], yq[:20]):
                 sim.step(x, int(y))
@@ -88,6 +89,7 @@ def main(argv=None):
                 "peak_heap_bytes": mem["peak"], "live_heap_bytes": mem["live"],
                 "planned_bytes": plan64.peak_bytes, "planned_bytes_32bit": planner.plan(model, policy).peak_bytes,
                 "heap_bytes_per_step": mem["per_step"],
+                "alloc_bytes_per_train_step_native": alloc[0], "alloc_bytes_per_step_native": alloc[1],
                 "bit_identical": board == state + struct.pack("<II", rng, n),
                 "step_us_unix_native": step_time_us(model, plan64, "native", 50),
                 "step_us_unix_python": step_time_us(model, plan64, "python", 3),
@@ -96,7 +98,7 @@ def main(argv=None):
             records.append(rec)
             print(f"{sc.name:14} {policy:9} pre {rec['pretrained_accuracy']:.3f} fp32 {rec['fp32_accuracy']:.3f} "
                   f"int8 {rec['int8_accuracy']:.3f} int8+QAS {rec['int8_qas_accuracy']:.3f} | heap {mem['live']} B "
-                  f"(plan {plan64.peak_bytes} B) {mem['per_step']} B/step | step {rec['step_us_unix_native']} us native, "
+                  f"(plan {plan64.peak_bytes} B) {mem['per_step']} B/step, allocated per train_step {alloc[0]:.0f} B | step {rec['step_us_unix_native']} us native, "
                   f"{rec['step_us_unix_python']} us python | bit-identical {rec['bit_identical']} "
                   f"({time.time() - t0:.0f} s)", flush=True)
     write_records(args.out, records)

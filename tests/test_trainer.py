@@ -190,6 +190,17 @@ def test_training_fits_a_160k_heap_and_matches_the_plan(imu, policy):
     assert m["per_step"] < 0.05 * planned          # no per-step buffers: only small scalar garbage
 
 
+def test_a_training_step_allocates_nothing(imu):
+    """Trainer.train_step (what the serial link calls) allocates no byte per step with the native
+    kernels; Trainer.step only the float it returns (boxed: 32 B on the 64-bit unix port)."""
+    _, model, (Xtr, ytr), _ = imu
+    for policy in ("sparse", "full", "bias-only"):
+        p = planner.plan(model, policy, word_bytes=8)
+        train_step, step = unixport.step_allocation(model, p, model.quantize_input(Xtr[:20]), ytr[:20])
+        print(policy, "bytes per step: train_step", train_step, "step", step)
+        assert train_step == 0 and step <= 32, (policy, train_step, step)
+
+
 # ---------------------------------------------------------------------------------------------
 # robustness: bad inputs, divergence, checkpoints under resets
 
@@ -219,7 +230,7 @@ for label in (-1, m.n_classes):
 for i in range(10):
     t.step(x(i), labels[i])
 t.checkpoint()
-good = open(D + '/ck', 'rb').read()
+good = open(D + '/ck.0', 'rb').read()
 # a huge learning rate: the loss explodes and the trainer rolls back on its own
 t.lr_shift = 12
 rolled = 0
@@ -227,24 +238,37 @@ for i in range(10, 60):
     t.step(x(i % 40), labels[i % 40])
 rolled = sum(1 for s, n in t.telemetry.notes if n.startswith('rollback'))
 print('ROLLBACKS', rolled, 'LR_SHIFT', t.lr_shift)
-print('CHECKPOINT_INTACT', open(D + '/ck', 'rb').read() == good)
-# a reset while the new checkpoint is written: a torn .new file next to the good one
-open(D + '/ck.new', 'wb').write(good[:len(good) // 2])
-t.rollback()
-print('STEPS_AFTER_TORN_NEW', t.steps)
-# a reset between removing the old checkpoint and renaming the new one
-os.rename(D + '/ck', D + '/ck.new')
+print('CHECKPOINT_INTACT', open(D + '/ck.0', 'rb').read() == good)
+# a reset while the next checkpoint is written: its slot is torn, the newest complete one is not
+open(D + '/ck.1', 'wb').write(good[:len(good) // 2])
+t = microtrain.Trainer(microtrain.load(D + '/m.mtm'), checkpoint_path=D + '/ck')
+print('RESUMED', t.resume(), 'STEPS_AFTER_TORN', t.steps)
+# the next checkpoint goes to the torn slot; a reset while writing the one after that tears the
+# older slot, never the newest
 t.step(x(1), labels[1])
-t.rollback()
-print('STEPS_AFTER_RENAME_GAP', t.steps)
-# a corrupted checkpoint with no good twin
-b = bytearray(open(D + '/ck.new', 'rb').read()); b[40] ^= 0xFF
-open(D + '/ck.new', 'wb').write(b)
+t.checkpoint()
+newest = open(D + '/ck.1', 'rb').read()
+open(D + '/ck.0', 'wb').write(newest[:7])
+t = microtrain.Trainer(microtrain.load(D + '/m.mtm'), checkpoint_path=D + '/ck')
+print('RESUMED', t.resume(), 'STEPS_AFTER_DOUBLE', t.steps)
+# both slots corrupted: refused with the reasons, nothing half-applied
+b = bytearray(newest); b[40] ^= 0xFF
+open(D + '/ck.1', 'wb').write(b)
 try:
     t.rollback()
     print('ROLLED BACK FROM GARBAGE')
 except microtrain.TrainingError as e:
     print('TrainingError', e)
+# a checkpoint of another model file under the same name is refused, not loaded
+open(D + '/ck.1', 'wb').write(newest)
+t2 = microtrain.Trainer(microtrain.load(D + '/other.mtm'), checkpoint_path=D + '/ck')
+try:
+    t2.resume()
+    print('RESUMED ANOTHER MODEL')
+except microtrain.TrainingError as e:
+    print('MISMATCH', e)
+t2.fresh()
+print('FRESH', t2.resume(), t2.steps)
 """
 
 
@@ -252,6 +276,7 @@ def test_bad_input_divergence_and_torn_checkpoints(imu, tmp_path):
     _, model, (Xtr, ytr), _ = imu
     p = planner.plan(model, "sparse")
     modelfile.save(tmp_path / "m.mtm", model, p)
+    modelfile.save(tmp_path / "other.mtm", model, planner.plan(model, "sparse", lr=0.02))   # another file
     Xs, _ = datasets.shift_imu(Xtr, seed=2, max_deg=90, gain_sd=0.3)
     write_samples(tmp_path, model.quantize_input(Xs[:40]), ytr[:40])
     out = run_board(tmp_path, ROBUSTNESS_SCRIPT.format(dir=tmp_path))
@@ -262,8 +287,10 @@ def test_bad_input_divergence_and_torn_checkpoints(imu, tmp_path):
     rolled = int(out.split("ROLLBACKS ")[1].split()[0])
     assert rolled >= 1 and int(out.split("LR_SHIFT ")[1].split()[0]) < 12
     assert "CHECKPOINT_INTACT True" in out
-    assert "STEPS_AFTER_TORN_NEW 10" in out and "STEPS_AFTER_RENAME_GAP 10" in out
-    assert "TrainingError no valid checkpoint" in out
+    assert "RESUMED True STEPS_AFTER_TORN 10" in out and "RESUMED True STEPS_AFTER_DOUBLE 11" in out
+    assert "TrainingError no valid checkpoint to roll back to" in out and "CRC mismatch" in out
+    assert "MISMATCH checkpoint" in out and "belongs to another model file" in out and "--fresh" in out
+    assert "FRESH False 0" in out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +328,7 @@ print('AFTER', *accuracy(old))
 print('NEW', *accuracy((label,)))
 t.checkpoint()
 t2 = microtrain.Trainer(microtrain.load(D + '/m.mtm'), checkpoint_path=D + '/ck')
-t2.rollback()
+t2.resume()
 print('RESTORED', t2.model.n_classes, t2.predict(test_x[0:size]) == t.predict(test_x[0:size]))
 """
 

@@ -29,7 +29,7 @@ import sys
 from . import backend, modelfile
 from .model import load
 from .telemetry import RECORD_SIZE
-from .trainer import Trainer, TrainingError
+from .trainer import Trainer
 from ._compat import collect, mem_free, remove, stat
 
 try:
@@ -84,9 +84,9 @@ def crc(buf, c=0):
     return modelfile.crc32(buf, c) & 0xFFFFFFFF
 
 
-def start_check(model, checkpoint, every, idle):
+def start_check(model, checkpoint, every, idle, fresh=0):
     """Check value of serve()'s arguments: a start command garbled on the wire raises."""
-    return crc(("%s|%s|%d|%d" % (model, checkpoint, every, idle)).encode()) & 0xFFFF
+    return crc(("%s|%s|%d|%d|%d" % (model, checkpoint, every, idle, fresh)).encode()) & 0xFFFF
 
 
 class _State:
@@ -290,9 +290,11 @@ class Session:
         struct.pack_into("<I", tx, o + 12 + n, crc(mv[o + 2:o + 12 + n]))
         self.txn = o + OVERHEAD + n
 
-    def _telemetry(self, rec):               # the trainer's telemetry sink
+    def _telemetry(self, ring, off):         # the trainer's telemetry sink: copy one record out
         o = self.teln * RECORD_SIZE
-        self.tel[o:o + RECORD_SIZE] = rec
+        tel = self.tel
+        for j in range(RECORD_SIZE):          # byte by byte: a slice would allocate a view
+            tel[o + j] = ring[off + j]
         self.teln += 1
         if self.teln >= TEL_RECORDS:
             self._tel_frame()
@@ -391,7 +393,7 @@ class Session:
                 t.add_validation(self.x, label)
                 self._keep_validation(seq, label)
             else:
-                t.step(self.x, label, seq)
+                t.train_step(self.x, label, seq)
         except Exception as e:  # noqa: BLE001 - report it, keep the session and the REPL
             self._error(seq, "%s: %s" % (type(e).__name__, e))
             return
@@ -406,7 +408,11 @@ class Session:
         self._ack()
 
     def _checkpoint(self):
-        self.t.checkpoint()
+        t = self.t
+        if t.val_n:                          # validation samples on the board: keep the best apart,
+            t.validate()                     # roll back a poisoned stream (checkpoints either way)
+        else:
+            t.checkpoint()
         self.st.ckpt_seq = self.t.last_seq
         self.since = 0
 
@@ -486,22 +492,26 @@ def stats():
             "ended": st.ended, "mem_free": mem_free()}
 
 
-def _open(model, checkpoint):
+def _open(model, checkpoint, fresh=0):
     global _state
     try:
         s = stat(model)
         key = (model, checkpoint, s[6], s[8])
     except (OSError, TypeError):
         key = (model, checkpoint)
-    if _state is not None and _state.key == key:
+    if _state is not None and _state.key == key and not fresh:
         return _state
     _state = None
     collect()
     t = Trainer(load(model), checkpoint_path=checkpoint)
-    try:
-        t.rollback(reason="restart")          # the last good checkpoint (or its .new twin)
-    except TrainingError:
-        pass                                  # none yet: start from the model file
+    if fresh:                                 # asked to start over from the model file
+        t.fresh()
+        try:
+            remove(checkpoint + ".val")
+        except OSError:
+            pass
+    t.resume()                                # the newest complete checkpoint, if any (refused if
+    #                                           it belongs to another model file)
     st = _State(t, key)
     _load_validation(t)
     _state = st
@@ -524,14 +534,14 @@ def _load_validation(t):
                 prev = seq
 
 
-def serve(model="model.mtm", checkpoint=None, every=16, idle=60, check=None):
+def serve(model="model.mtm", checkpoint=None, every=16, idle=60, check=None, fresh=0):
     """Run one framed session on stdin/stdout until BYE, interrupt or `idle` seconds of silence;
     returns why it ended.  The trainer stays loaded for the next session in this process."""
     if checkpoint is None:
         checkpoint = model.rsplit(".", 1)[0] + ".ckpt"
-    if check is not None and check != start_check(model, checkpoint, every, idle):
+    if check is not None and check != start_check(model, checkpoint, every, idle, fresh):
         raise ValueError("start command corrupted in transit")
-    st = _open(model, checkpoint)
+    st = _open(model, checkpoint, fresh)
     s = st.session
     if s is None or s.every != every or s.idle != idle * 1000:
         st.session = s = None

@@ -19,6 +19,20 @@ OP_AVGPOOL = const(3)
 OP_SOFTMAX = const(4)
 
 
+BUFFERS = (bytes, bytearray, memoryview)
+
+
+class _Slicer:
+    def __getitem__(self, k):
+        return k
+
+
+# A slice object made once: `view[s] = x` with a ready slice allocates nothing, where
+# `view[a:b] = x` builds a new slice object each time.
+slicer = _Slicer()
+WHOLE = slicer[:]
+
+
 class Layer:
     def __init__(self, d):
         self.op = modelfile.OPS.index(d["op"])
@@ -45,6 +59,9 @@ class Model:
     def __init__(self, path):
         with open(path, "rb") as f:
             sections = modelfile.read_sections(f)
+            f.seek(8)
+            # the file's identity: the header CRC covers the section table, so every section's CRC
+            self.id = struct.unpack("<I", f.read(4))[0]
         info, layers, labels = modelfile.parse_layers(sections)
         self.n_layers, self.n_classes, h, w, c, self.in_zp, self.max_classes, _flags, self.in_scale = info
         self.input_shape = (h, w, c)
@@ -133,7 +150,7 @@ class Model:
     def set_input(self, x, view):
         if len(x) != self.in_size:
             raise ValueError("x: expected %d int8 values (shape %s), got %d" % (self.in_size, self.input_shape, len(x)))
-        view[:] = x if isinstance(x, (bytes, bytearray, memoryview)) else bytes(v & 0xFF for v in x)
+        view[WHOLE] = x if isinstance(x, BUFFERS) else bytes(v & 0xFF for v in x)
 
     def predict(self, x):
         """Class index of one int8 sample (bytes / bytearray / array('b') / list of ints)."""
@@ -149,9 +166,10 @@ class Model:
 
 
 def argmax(probs):
-    """Index of the largest int8 value in a byte view (first on ties)."""
+    """Index of the largest int8 value in a byte view (first on ties); allocates nothing."""
     best, at = -129, 0
-    for i, v in enumerate(bytes(probs)):
+    for i in range(len(probs)):
+        v = probs[i]
         v = v - 256 if v > 127 else v
         if v > best:
             best, at = v, i

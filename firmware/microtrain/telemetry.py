@@ -30,15 +30,17 @@ class Telemetry:
         self.peak_us = 0
         self.notes = []        # (step, text) of events, for humans at the REPL
 
-    def _put(self, kind, flags, lr_shift, step, loss, us, heap, value, n):
+    def _put(self, kind, flags, lr_shift, step, loss_milli, us, heap, value, n):
+        """One record, written in place (nothing is allocated); the sink gets (ring, offset)."""
         off = (self.head % self.capacity) * RECORD_SIZE
-        struct.pack_into(RECORD_FMT, self.buf, off, kind, flags, lr_shift, step,
-                         int(loss * 1000) if loss == loss else -1, us & 0xFFFFFFFF, heap, value, n & 0xFFFF)
+        struct.pack_into(RECORD_FMT, self.buf, off, kind, flags, lr_shift, step, loss_milli,
+                         us & 0xFFFFFFFF, heap, value, n & 0xFFFF)
         self.head += 1
         if self.sink:
-            self.sink(memoryview(self.buf)[off:off + RECORD_SIZE])
+            self.sink(self.buf, off)
 
     def step(self, step, loss, correct, lr_shift, us, heap_free, n_params):
+        """loss: in 1/1000 (an integer)."""
         self.seen += 1
         self.correct += 1 if correct else 0
         if us > self.peak_us:
@@ -47,14 +49,15 @@ class Telemetry:
 
     def epoch(self, step, mean_loss, lr_shift):
         acc = (1000 * self.correct) // self.seen if self.seen else 0
-        self._put(EPOCH, 0, lr_shift, step, mean_loss, self.peak_us, 0, acc, 0)
+        self._put(EPOCH, 0, lr_shift, step, int(mean_loss * 1000) if mean_loss == mean_loss else -1, self.peak_us, 0,
+                  acc, 0)
         self.correct = self.seen = self.peak_us = 0
 
     def evaluate(self, step, accuracy):
-        self._put(EVAL, 0, 0, step, 0.0, 0, 0, int(accuracy * 1000), 0)
+        self._put(EVAL, 0, 0, step, 0, 0, 0, int(accuracy * 1000), 0)
 
     def event(self, name, step, text=""):
-        self._put(EVENTS[name], 0, 0, step, 0.0, 0, 0, 0, 0)
+        self._put(EVENTS[name], 0, 0, step, 0, 0, 0, 0, 0)
         if len(self.notes) > 16:
             self.notes.pop(0)
         self.notes.append((step, name + (": " + text if text else "")))

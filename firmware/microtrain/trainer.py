@@ -6,15 +6,15 @@ import array
 import struct
 
 from . import backend
+from . import checkpoint as ckpt
 from . import modelfile
-from .model import OP_CONV, OP_DWCONV, OP_MAXPOOL, OP_SOFTMAX, argmax
-from ._compat import collect, exists, mem_alloc, mem_free, mem_peak, remove, rename, ticks_diff, ticks_us, typed
+from .model import BUFFERS, OP_CONV, OP_DWCONV, OP_MAXPOOL, OP_SOFTMAX, argmax, slicer
+from ._compat import collect, mem_alloc, mem_free, mem_peak, ticks_diff, ticks_us, typed
 from .telemetry import Telemetry
 
-LOGIT_GRAD_EXP = -15
-AVGPOOL_GRAD_BITS = 13
-CKPT_MAGIC = b"MTCK"
-CKPT_VERSION = 1
+LOGIT_GRAD_EXP = -15       # the softmax gradient's fixed scale 2^-15 (as the kernels)
+AVGPOOL_GRAD_BITS = 13     # average pooling's reciprocal precision (as the kernels)
+MIN_LR_SHIFT = -12         # a rollback halves the learning rate, down to 2^-12 of the plan's
 
 try:
     from math import log
@@ -22,8 +22,50 @@ except ImportError:       # a port without floats: report -log2 in 1/16 steps in
     log = None
 
 
+# the classifier's SGD factors in a checkpoint after class addition: (tag, Trainable attribute)
+CLASS_FACTORS = ((b"CLWM", "w_mult"), (b"CLWS", "w_shift"), (b"CLBM", "b_mult"), (b"CLBS", "b_shift"))
+
+
+def _loss_table():
+    """-ln(p / 256) in 1/1000 for p = 0..256 (p < 1 as 0.5): the loss of a step from the label's
+    probability without a float, computed once (or as 1000 * ln 2 per halving without floats)."""
+    t = array.array("H", bytes(2 * 257))
+    for p in range(257):
+        q = p if p else 0.5
+        t[p] = int(-log(q / 256) * 1000 + 0.5) if log else 693 * (8 - _log2(max(p, 1)))
+    return t
+
+
 class TrainingError(ValueError):
     pass
+
+
+class Trainable:
+    """What trains in one layer (the plan's record, as typed views of the model file)."""
+
+    def __init__(self, t):
+        self.rows = t["rows"]             # uint16 output channels
+        self.cin_lo = t["cin_lo"]         # input channels [cin_lo, cin_hi) of the weights train
+        self.cin_hi = t["cin_hi"]
+        self.w_mult = t["w_mult"]         # per output channel SGD factors of the weights
+        self.w_shift = t["w_shift"]
+        self.b_mult = t["b_mult"] if t["bias"] else None   # ... of the bias (None: frozen)
+        self.b_shift = t["b_shift"] if t["bias"] else None
+
+
+class BackStep:
+    """One layer of the backward pass with its views in the arena, prepared once."""
+
+    def __init__(self, i, layer, gy, gp, acc, gx, mask, gs, down):
+        self.i = i              # layer index
+        self.layer = layer
+        self.gy = gy            # int16 gradient w.r.t. the layer's output
+        self.gp = gp            # the rescaled gradient (conv / depthwise)
+        self.acc = acc          # int32 input-gradient accumulator
+        self.gx = gx            # int16 gradient w.r.t. the layer's input (the next step's gy)
+        self.mask = mask        # the input's clamp mask, or None
+        self.gs = gs            # (mult, shift, exponent adjustment) of the rescaling
+        self.down = down        # the gradient goes on to the layer below
 
 
 class Trainer:
@@ -31,7 +73,8 @@ class Trainer:
 
     step(x, label) -> loss          one sample (int8 bytes of the model's input size)
     predict(x) -> class index       evaluate() -> accuracy on the stored validation samples
-    checkpoint() / rollback()       atomic file replace; rollback restores the last checkpoint
+    checkpoint() / rollback()       two slots that survive any resets; rollback restores the newest
+    validate()                      keeps the best validated state apart, rolls back to it on a drop
     add_class(samples, name)        grow the classifier by one class, initialised from the samples
     export(path, delta=False)       the trained tensors (or their change) for the host to pull
     """
@@ -56,8 +99,7 @@ class Trainer:
                 l.w = bytearray(l.w)
             if t["bias"]:
                 l.b = bytearray(l.b)
-            self.train[t["layer"]] = [t["rows"], t["cin_lo"], t["cin_hi"], t["w_mult"], t["w_shift"],
-                                      t["b_mult"] if t["bias"] else None, t["b_shift"] if t["bias"] else None]
+            self.train[t["layer"]] = Trainable(t)
         # the arena: every buffer of the plan is a view, sliced once here
         self.arena = bytearray(plan["arena"])
         mv = memoryview(self.arena)
@@ -74,6 +116,8 @@ class Trainer:
         self.last_seq = -1
         self.lr_shift = 0
         self.ckpt_path = checkpoint_path
+        self.store = ckpt.Store(checkpoint_path)              # periodic checkpoints
+        self.best_store = ckpt.Store(checkpoint_path + ".best")   # the best validated state
         self.val_margin = int(val_margin * 1000)    # per mille, so decisions compare integers
         self.since_ckpt = 0
         self.heap_free = mem_free()
@@ -88,6 +132,9 @@ class Trainer:
         self.val_n = 0
         self.replay_x, self.replay_n = bufs["replay"], bufs["replay_n"]
         self.replay_per_class = len(self.replay_x) // (model.max_classes * model.in_size)
+        size = model.in_size
+        self.replay_slots = [slicer[i * size:(i + 1) * size] for i in range(model.max_classes * self.replay_per_class)]
+        self._prob_view = None
         collect()
 
     # ---- views of the backward pass ----
@@ -111,7 +158,7 @@ class Trainer:
             acc = gacc[:4 * l.in_size] if down else None
             gx = other[:2 * l.in_size] if down else None
             mask = self.views[i - 1][2] if (down and (i - 1) in self.masks) else None
-            steps.append([i, l, gy, gp, acc, gx, mask, gs, down])
+            steps.append(BackStep(i, l, gy, gp, acc, gx, mask, gs, down))
             if down:
                 cur = 1 - cur
         self.bw = steps
@@ -121,10 +168,10 @@ class Trainer:
         for i, t in self.train.items():
             l = self.model.layers[i]
             g = l.geom_t
-            rows = len(t[0]) >> 1
-            if t[2] > t[1]:
-                n += rows * g[6] * g[7] * ((t[2] - t[1]) if l.op == OP_CONV else 1)
-            if t[5] is not None:
+            rows = len(t.rows) >> 1
+            if t.cin_hi > t.cin_lo:
+                n += rows * g[6] * g[7] * ((t.cin_hi - t.cin_lo) if l.op == OP_CONV else 1)
+            if t.b_mult is not None:
                 n += rows
         return n
 
@@ -139,6 +186,10 @@ class Trainer:
     # ---- training ----
     def step(self, x, label, seq=None):
         """One training step on one sample; returns the loss (a float, for reports only)."""
+        return self.train_step(x, label, seq) / 1000
+
+    def train_step(self, x, label, seq=None):
+        """One training step; returns the loss in 1/1000 (an integer: nothing is allocated)."""
         if not 0 <= label < self.model.n_classes:
             raise ValueError("label: must be in [0, %d], got %d" % (self.model.n_classes - 1, label))
         t0 = ticks_us()
@@ -150,33 +201,36 @@ class Trainer:
         e = LOGIT_GRAD_EXP
         rng = self.rng
         lr = self.lr_shift
+        views = self.views
+        train = self.train
         for s in self.bw:
-            i, l, gy, gp, acc, gx, mask, gs, down = s
-            x_in = self.views[i][0]
+            l = s.layer
+            x_in = views[s.i][0]
             ex = 0
-            if down:
+            if s.down:
                 op = l.op
                 if op == OP_CONV or op == OP_DWCONV:
                     g = l.geom_t
-                    k.grad_rescale(gy, g[3] * g[4], g[5], gs[0], gs[1], gp)
+                    gs = s.gs
+                    k.grad_rescale(s.gy, g[3] * g[4], g[5], gs[0], gs[1], s.gp)
                     if op == OP_CONV:
-                        k.conv_input_grad(l.geom, gp, l.w, acc)
+                        k.conv_input_grad(l.geom, s.gp, l.w, s.acc)
                     else:
-                        k.dwconv_input_grad(l.geom, gp, l.w, acc)
+                        k.dwconv_input_grad(l.geom, s.gp, l.w, s.acc)
                     adj = gs[2]
                 elif op == OP_MAXPOOL:
-                    k.maxpool_input_grad(l.geom, x_in, gy, acc)
+                    k.maxpool_input_grad(l.geom, x_in, s.gy, s.acc)
                     adj = 0
                 else:
-                    k.avgpool_input_grad(l.geom, gy, acc)
+                    k.avgpool_input_grad(l.geom, s.gy, s.acc)
                     adj = -AVGPOOL_GRAD_BITS
-                ex = e + adj + k.grad_narrow(acc, mask, gx)
-            t = self.train.get(i)
+                ex = e + adj + k.grad_narrow(s.acc, s.mask, s.gx)
+            t = train.get(s.i)
             if t is not None:
                 upd = k.conv_update if l.op == OP_CONV else k.dwconv_update
-                upd(l.geom, x_in, l.zx, gy, e + lr, l.w, l.b, t[0], t[1], t[2], t[3], t[4], t[5], t[6], rng,
-                    self.scratch)
-            if not down:
+                upd(l.geom, x_in, l.zx, s.gy, e + lr, l.w, l.b, t.rows, t.cin_lo, t.cin_hi, t.w_mult, t.w_shift,
+                    t.b_mult, t.b_shift, rng, self.scratch)
+            if not s.down:
                 break
             e = ex
         self.steps += 1
@@ -185,7 +239,7 @@ class Trainer:
             self.last_seq = seq
         self._remember(x, label)
         p = probs[label] ^ 0x80              # (y + 128): the label's probability in 1/256
-        loss = -log(max(p, 0.5) / 256) if log else (8 - _log2(max(p, 1))) * 1.0
+        loss = LOSS_MILLI[p]
         correct = argmax(probs) == label
         us = ticks_diff(ticks_us(), t0)
         if self.steps & 15 == 1:            # gc.mem_free() walks the heap: sample it, not every step
@@ -204,17 +258,16 @@ class Trainer:
         self.since_ckpt += 1
         if self.best_avg is None or a < self.best_avg:
             self.best_avg = a
-        elif self.since_ckpt > 8 and a > self.best_avg + ((2048 - self.best_avg) >> 1) and exists(self.ckpt_path):
+        elif self.since_ckpt > 8 and a > self.best_avg + ((2048 - self.best_avg) >> 1) and self._has_checkpoint():
             self.rollback(reason="loss diverged")
-            self.lr_shift -= 1
+            self.lr_shift = max(self.lr_shift - 1, MIN_LR_SHIFT)
 
     def _remember(self, x, label):
         r = self.replay_per_class
         if not r:
             return
         n = self.replay_n[label]
-        slot = (label * r + (n % r)) * self.model.in_size
-        self.replay_x[slot:slot + self.model.in_size] = bytes(x) if not isinstance(x, (bytes, bytearray)) else x
+        self.replay_x[self.replay_slots[label * r + n % r]] = x if isinstance(x, BUFFERS) else bytes(x)
         n += 1
         self.replay_n[label] = n if n < 256 else r + n % r    # a byte: keep >= r, keep rotating
 
@@ -224,9 +277,9 @@ class Trainer:
         for _ in range(epochs):
             total, n = 0.0, 0
             for x, y in samples:
-                total += self.step(x, y)
+                total += self.train_step(x, y)
                 n += 1
-            total /= max(n, 1)
+            total = total / 1000 / max(n, 1)
             self.telemetry.epoch(self.steps, total, self.lr_shift)
         return total
 
@@ -257,17 +310,26 @@ class Trainer:
         return acc
 
     def validate(self):
-        """Evaluate; roll back if accuracy dropped more than val_margin below the best, else
-        checkpoint when it is a new best.  Returns the accuracy."""
+        """Evaluate on the stored validation samples.  A new best (or equal) is kept apart as the
+        best validated state (its own two slots) and checkpointed; a drop of more than val_margin
+        below the best rolls back to the best state - not to the last periodic checkpoint, which
+        may hold the same poisoned weights - and halves the learning rate.  Returns the accuracy."""
         acc = self.evaluate()
         right, total = self.last_eval
-        pm = (1000 * right + (total >> 1)) // total if total else 0   # per mille: an integer decision
-        if self.best_val is not None and pm < self.best_val - self.val_margin and exists(self.ckpt_path):
-            self.rollback(reason="validation accuracy dropped")
+        if not total:
+            return acc
+        pm = (1000 * right + (total >> 1)) // total         # per mille: an integer decision
+        if self.best_val is not None and pm < self.best_val - self.val_margin and self.best_store.newest():
+            self.rollback(reason="validation accuracy dropped", best=True)
+            self.lr_shift = max(self.lr_shift - 1, MIN_LR_SHIFT)
         elif self.best_val is None or pm >= self.best_val:
             self.best_val = pm
-            self.checkpoint()
+            self.best_store.save(self._state(), self._state_blobs() + [(b"BVAL", struct.pack("<i", pm))])
+        self.checkpoint()
         return acc
+
+    def _has_checkpoint(self):
+        return self.store.current is not None or self.store.newest() is not None
 
     # ---- checkpoints ----
     def _state_blobs(self):
@@ -277,17 +339,17 @@ class Trainer:
             l = self.model.layers[i]
             if isinstance(l.w, bytearray):
                 out.append((b"W%03d" % i, l.w))
-            if self.train[i][5] is not None:
+            if self.train[i].b_mult is not None:
                 out.append((b"B%03d" % i, l.b))
         c = self.model.layers[self.classifier]
         if self.model.n_classes != self.original_classes:
             t = self.train[self.classifier]
             out.append((b"CLSM", c.mult))
             out.append((b"CLSS", c.shift))
-            out.append((b"CLSR", t[0]))
-            for j, tag in ((3, b"CLWM"), (4, b"CLWS"), (5, b"CLBM"), (6, b"CLBS")):
-                if t[j] is not None:
-                    out.append((tag, t[j]))
+            out.append((b"CLSR", t.rows))
+            for tag, attr in CLASS_FACTORS:
+                if getattr(t, attr) is not None:
+                    out.append((tag, getattr(t, attr)))
             gs = self.plan["grads"].get(self.classifier)
             if gs is not None:
                 out.append((b"CLGM", gs[0]))
@@ -295,70 +357,99 @@ class Trainer:
             out.append((b"LABL", "\n".join(self.model.labels).encode()))
         return out
 
+    def _state(self):
+        return ckpt.State(0, self.model.id, self.steps, self.samples, self.last_seq, self.lr_shift, self.rng[0],
+                          self.model.n_classes)
+
     def checkpoint(self):
-        """Write the training state to checkpoint_path atomically: a reset at any moment leaves
-        either the previous checkpoint or this one, never a mix."""
-        tmp = self.ckpt_path + ".new"
-        head = struct.pack("<4sHHIIiiIH", CKPT_MAGIC, CKPT_VERSION, 0, self.steps, self.samples, self.last_seq,
-                           self.lr_shift, self.rng[0], self.model.n_classes)
-        crc = modelfile.crc32(head)
-        with open(tmp, "wb") as f:
-            f.write(head)
-            for tag, buf in self._state_blobs():
-                rec = struct.pack("<4sI", tag, len(buf))
-                f.write(rec)
-                f.write(buf)
-                crc = modelfile.crc32(buf, modelfile.crc32(rec, crc))
-            f.write(struct.pack("<I", crc & 0xFFFFFFFF))
-        if exists(self.ckpt_path):
-            remove(self.ckpt_path)
-        rename(tmp, self.ckpt_path)
+        """Write the training state to the checkpoint store: a reset at any moment, also twice in a
+        row, leaves the newest complete checkpoint intact (two slots, see checkpoint.py)."""
+        self.store.save(self._state(), self._state_blobs())
         self.best_avg = self.loss_avg
         self.since_ckpt = 0
         self.telemetry.event("checkpoint", self.steps)
 
-    def rollback(self, reason="requested"):
-        """Restore the last checkpoint (the file, or its .new twin if a reset hit the rename)."""
-        for path in (self.ckpt_path, self.ckpt_path + ".new"):
-            if exists(path):
-                try:
-                    self._restore(path)
-                except (ValueError, OSError):
-                    continue
-                self.loss_avg = self.best_avg = None
-                self.telemetry.event("rollback", self.steps, reason)
-                return True
-        raise TrainingError("no valid checkpoint to roll back to")
+    def resume(self):
+        """After a reset: continue from the newest checkpoint, counters included (the link resumes
+        after its last_seq).  False if there is none; TrainingError if it belongs to another
+        model file or no slot is usable."""
+        found = self.store.newest()
+        if found is None:
+            if self.store.skipped:
+                raise TrainingError("no usable checkpoint (%s)" % "; ".join(self.store.skipped))
+            return False
+        st = self._load(found, self.store)
+        self.steps, self.samples, self.last_seq, self.lr_shift = st.steps, st.samples, st.last_seq, st.lr_shift
+        best = self.best_store.newest()
+        if best is not None and best[1].model_id == self.model.id and b"BVAL" in best[2]:
+            v = bytearray(4)
+            self.best_store.read_into(best[0], best[2], b"BVAL", v)
+            self.best_val = struct.unpack("<i", v)[0]
+        self.telemetry.event("rollback", self.steps, "resume")
+        return True
 
-    def _restore(self, path):
-        with open(path, "rb") as f:
-            data = f.read()
-        hs = struct.calcsize("<4sHHIIiiIH")
-        if len(data) < hs + 4:
-            raise ValueError("checkpoint truncated")
-        magic, ver, _, steps, samples, seq, lr, rng, n_classes = struct.unpack_from("<4sHHIIiiIH", data, 0)
-        if magic != CKPT_MAGIC or ver != CKPT_VERSION:
-            raise ValueError("not a checkpoint of this version")
-        if modelfile.crc32(memoryview(data)[:len(data) - 4]) & 0xFFFFFFFF != struct.unpack_from("<I", data, len(data) - 4)[0]:
-            raise ValueError("checkpoint corrupted")
-        blobs = {}
-        pos = hs
-        while pos < len(data) - 4:
-            tag, n = struct.unpack_from("<4sI", data, pos)
-            blobs[bytes(tag)] = memoryview(data)[pos + 8:pos + 8 + n]
-            pos += 8 + n
-        if n_classes != self.model.n_classes:
-            self._resize_classifier(n_classes, blobs)
+    def rollback(self, reason="requested", best=False):
+        """Restore the trained tensors of the newest checkpoint (best=True: of the best validated
+        state).  The stream's counters stay (those samples were received, once); the learning
+        rate stays at the lower of now and then.  The restored state becomes the newest
+        checkpoint, so a reset cannot bring back what was rolled back."""
+        store = self.best_store if best else self.store
+        found = store.newest()
+        if found is None:
+            why = "; ".join(store.skipped) or "none written yet"
+            raise TrainingError("no valid checkpoint to roll back to (%s)" % why)
+        lr = self.lr_shift
+        st = self._load(found, store)
+        self.steps = st.steps
+        self.lr_shift = min(lr, st.lr_shift)
+        self.loss_avg = self.best_avg = None
+        if best:
+            self.store.save(self._state(), self._state_blobs())
+        self.telemetry.event("rollback", self.steps, reason)
+        return True
+
+    def _load(self, found, store):
+        """Apply a scanned checkpoint to the trainer: checked whole first, then copied in place."""
+        slot, st, index = found
+        if st.model_id != self.model.id:
+            raise TrainingError("checkpoint %s belongs to another model file (model %08x, this one %08x): it was "
+                                "left as it is; start over with `microtrain train --fresh` (or delete it)"
+                                % (store.slots[slot], st.model_id, self.model.id))
+        if not self.original_classes <= st.n_classes <= self.model.max_classes:
+            raise ckpt.CheckpointError("%d classes, the model file has %d and room for %d"
+                                       % (st.n_classes, self.original_classes, self.model.max_classes))
+        if st.n_classes != self.model.n_classes:
+            if st.n_classes < self.model.n_classes:
+                raise TrainingError("the checkpoint predates the classes added since (%d < %d)"
+                                    % (st.n_classes, self.model.n_classes))
+            w, b = b"W%03d" % self.classifier, b"B%03d" % self.classifier
+            blobs = {}
+            for tag in index:
+                if tag[:2] == b"CL" or tag in (w, b, b"LABL"):
+                    blobs[tag] = bytearray(index[tag][1])
+                    store.read_into(slot, index, tag, blobs[tag])
+            for tag in (b, b"CLSM", b"CLSS", b"CLSR"):
+                if tag not in blobs:
+                    raise ckpt.CheckpointError("a checkpoint with added classes lacks %s" % tag.decode())
+            self._resize_classifier(st.n_classes, blobs)
             if b"LABL" in blobs:
                 self.model.labels = bytes(blobs[b"LABL"]).decode().split("\n")
-        for i in sorted(self.train):
-            l = self.model.layers[i]
-            if isinstance(l.w, bytearray):
-                l.w[:] = blobs[b"W%03d" % i]
-            if self.train[i][5] is not None:
-                l.b[:] = blobs[b"B%03d" % i]
-        self.steps, self.samples, self.last_seq, self.lr_shift = steps, samples, seq, lr
-        self.rng[0] = rng
+        for tag, buf in self._state_blobs():
+            if tag not in index:
+                raise ckpt.CheckpointError("the checkpoint lacks tensor %s" % tag.decode())
+            if index[tag][1] != len(buf):
+                raise ckpt.CheckpointError("tensor %s holds %d bytes, the model needs %d"
+                                           % (tag.decode(), index[tag][1], len(buf)))
+        for tag, buf in self._state_blobs():
+            if tag[:1] in (b"W", b"B"):
+                store.read_into(slot, index, tag, buf)
+        self.rng[0] = st.rng
+        return st
+
+    def fresh(self):
+        """Forget every checkpoint of this trainer (a new model file under the same name)."""
+        self.store.clear()
+        self.best_store.clear()
 
     # ---- class addition ----
     def _resize_classifier(self, n_classes, blobs):
@@ -374,10 +465,10 @@ class Trainer:
         c.w = bytearray(blobs[b"W%03d" % self.classifier]) if b"W%03d" % self.classifier in blobs else bytearray(n_classes * k_in)
         c.b = bytearray(blobs[b"B%03d" % self.classifier])
         c.mult, c.shift = bytearray(blobs[b"CLSM"]), bytearray(blobs[b"CLSS"])
-        t[0] = bytearray(blobs[b"CLSR"])
-        for j, tag in ((3, b"CLWM"), (4, b"CLWS"), (5, b"CLBM"), (6, b"CLBS")):
+        t.rows = bytearray(blobs[b"CLSR"])
+        for tag, attr in CLASS_FACTORS:
             if tag in blobs:
-                t[j] = bytearray(blobs[tag])
+                setattr(t, attr, bytearray(blobs[tag]))
         gs = self.plan["grads"].get(self.classifier)
         if gs is not None and b"CLGM" in blobs:
             self.plan["grads"][self.classifier] = (bytearray(blobs[b"CLGM"]), bytearray(blobs[b"CLGS"]), gs[2])
@@ -434,10 +525,11 @@ class Trainer:
                  b"B%03d" % self.classifier: bytes(c.b) + struct.pack("<i", new_bias),
                  b"CLSM": bytes(c.mult) + (struct.pack("<i", mult_l[ref]) if per_channel else b""),
                  b"CLSS": bytes(c.shift) + (struct.pack("<i", shift_l[ref]) if per_channel else b""),
-                 b"CLSR": bytes(t[0]) + struct.pack("<H", n)}
-        for j, tag in ((3, b"CLWM"), (4, b"CLWS"), (5, b"CLBM"), (6, b"CLBS")):
-            if t[j] is not None:
-                blobs[tag] = bytes(t[j]) + struct.pack("<i", _ints(t[j])[ref])
+                 b"CLSR": bytes(t.rows) + struct.pack("<H", n)}
+        for tag, attr in CLASS_FACTORS:
+            f = getattr(t, attr)
+            if f is not None:
+                blobs[tag] = bytes(f) + struct.pack("<i", _ints(f)[ref])
         gs = self.plan["grads"].get(self.classifier)
         if gs is not None:
             blobs[b"CLGM"] = bytes(gs[0]) + struct.pack("<i", _ints(gs[0])[ref])
@@ -465,11 +557,8 @@ class Trainer:
         """The trained tensors as a checkpoint-format file; with delta=True each tensor is
         replaced by its byte-wise difference (mod 256) to the model file's original values."""
         if not delta:
-            tmp, self.ckpt_path = self.ckpt_path, path
-            try:
-                self.checkpoint()
-            finally:
-                self.ckpt_path = tmp
+            with open(path, "wb") as f:
+                ckpt.write(f, self._state(), self._state_blobs())
             return path
         with open(self.model.path, "rb") as f:
             sections = modelfile.read_sections(f)
@@ -478,7 +567,7 @@ class Trainer:
             for i in sorted(self.train):
                 l = self.model.layers[i]
                 for tag, buf, base in ((b"W%03d" % i, l.w, original[i]["w"]), (b"B%03d" % i, l.b, original[i]["b"])):
-                    if tag[:1] == b"W" and not isinstance(buf, bytearray) or tag[:1] == b"B" and self.train[i][5] is None:
+                    if tag[:1] == b"W" and not isinstance(buf, bytearray) or tag[:1] == b"B" and self.train[i].b_mult is None:
                         continue
                     data = bytearray(buf)
                     b = bytes(base)
@@ -503,3 +592,6 @@ def _log2(v):
         v >>= 1
         n += 1
     return n
+
+
+LOSS_MILLI = _loss_table()

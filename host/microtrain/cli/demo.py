@@ -87,7 +87,7 @@ def run_demo(port=None, epochs=3, png=None, echo=print):
             plot_records(records, png)
         # pull and check against the host simulation of the same samples
         with board_io.Session(port) as s:
-            ck = board_io.parse_checkpoint(s.get("model.ckpt"))
+            ck = board_io.read_checkpoint(s, "model.ckpt")
         sim = simulator.Simulator(model, plan)
         for _ in range(epochs):
             for x, y in zip(xf, yf):

@@ -200,11 +200,13 @@ def push(model, port, name, force):
 @click.option("--samples-as", "kind", type=click.Choice(["auto", "int8", "float"]), default="auto", show_default=True,
               help="How to read the values: auto takes whole numbers in [-128, 127] as int8 samples, else floats "
                    "(quantized with --model's input scale).")
+@click.option("--fresh", is_flag=True, help="Start over from the model file: forget the board's checkpoints "
+              "of it (needed after pushing a different model under the same name).")
 @click.option("--deadline", type=click.FloatRange(min=1), help="Give up after this many seconds "
               "[default: 120 s + 2 s per sample]; the board keeps what it applied, run again to resume.")
 @_name_option
 def train_cmd(data, sensor, count, board_name, raw_per_unit, rate, port, model_path, label, validation, epochs, kind,
-              deadline, name):
+              fresh, deadline, name):
     """Stream labelled samples (CSV, NPZ, WAV) to the board, which trains on each as it arrives;
     or, with --sensor, let the board record and train on its own sensor's samples.
 
@@ -236,7 +238,7 @@ def train_cmd(data, sensor, count, board_name, raw_per_unit, rate, port, model_p
     x, y, how = load_samples(data, model, label, kind)
     click.echo(f"{data}: {len(x)} samples of {x.shape[1]} values ({how})")
     deadline = deadline or 120.0 + 2.0 * len(x) * epochs
-    with Link(port, name) as link, progress_view("validation" if validation else "training",
+    with Link(port, name, fresh=fresh) as link, progress_view("validation" if validation else "training",
                                                               len(x) * epochs) as show:
         end = time.monotonic() + deadline
         for e in range(epochs):
@@ -281,22 +283,25 @@ def pull(port, model_path, checkpoint, output, delta, name):
     """Bring back the trained weights from the board's last checkpoint."""
     import numpy as np
     from microtrain.model import modelfile
-    from microtrain.device.board_io import BoardError, Session, apply_checkpoint, parse_checkpoint
+    from microtrain.device.board_io import BoardError, Session, apply_checkpoint, model_id, read_checkpoint
     port = _need_port(port)
     checkpoint = checkpoint or name.rsplit(".", 1)[0] + ".ckpt"
+    model, plan = modelfile.load(model_path)
+    with open(model_path, "rb") as f:
+        original = f.read()
     try:
         with Session(port) as s:
-            if not s.exists(checkpoint):
-                _fail(f"no checkpoint {checkpoint} on the board: train first (the board checkpoints as it goes)")
-            ck = parse_checkpoint(s.get(checkpoint))
+            ck = read_checkpoint(s, checkpoint)
     except BoardError as e:
         _fail(str(e))
-    model, plan = modelfile.load(model_path)
+    if ck["model_id"] != model_id(original):
+        _fail(f"the board's checkpoint {ck['slot']} belongs to another model file than {model_path} "
+              f"(model {ck['model_id']:08x}, this file {model_id(original):08x}): pass the file that was pushed")
+    for why in ck["skipped"]:
+        click.echo(f"note: passed over {why}")
     trained = apply_checkpoint(model, ck)
     ext = os.path.splitext(output)[1].lower()
     if ext == ".mtm":
-        with open(model_path, "rb") as f:
-            original = f.read()
         data = modelfile.replace_tensors(original, trained)
         with open(output, "wb") as f:
             f.write(data)

@@ -8,10 +8,10 @@ filesystem root on a board and the flash folder of the virtual board.
 import hashlib
 import os
 import struct
+import time
 
+from microtrain.board import checkpoint as ckpt_format
 from microtrain.device.boards import MPY_ARCHS
-
-CKPT_HEAD = "<4sHHIIiiIH"
 
 
 class BoardError(RuntimeError):
@@ -126,24 +126,53 @@ def install(session, dist, model_bytes=None, model_name="model.mtm", log=print):
 
 
 def parse_checkpoint(data):
-    """{'steps', 'samples', 'last_seq', 'lr_shift', 'rng', 'n_classes', 'blobs': {tag: bytes}}."""
-    hs = struct.calcsize(CKPT_HEAD)
-    if len(data) < hs + 4:
-        raise BoardError("checkpoint truncated")
-    import zlib
-    if zlib.crc32(data[:-4]) != struct.unpack_from("<I", data, len(data) - 4)[0]:
-        raise BoardError("checkpoint corrupted (CRC)")
-    magic, ver, _, steps, samples, seq, lr, rng, n_classes = struct.unpack_from(CKPT_HEAD, data, 0)
-    if magic != b"MTCK":
-        raise BoardError("not a microtrain checkpoint")
-    blobs = {}
-    pos = hs
-    while pos < len(data) - 4:
-        tag, n = struct.unpack_from("<4sI", data, pos)
-        blobs[tag.decode()] = bytes(data[pos + 8:pos + 8 + n])
-        pos += 8 + n
-    return {"steps": steps, "samples": samples, "last_seq": seq, "lr_shift": lr, "rng": rng,
-            "n_classes": n_classes, "blobs": blobs}
+    """{'steps', 'samples', 'last_seq', 'lr_shift', 'rng', 'n_classes', 'generation', 'model_id',
+    'blobs': {tag: bytes}} of checkpoint bytes (the board's own reader, microtrain.board.checkpoint)."""
+    try:
+        st, blobs = ckpt_format.parse(data)
+    except ckpt_format.CheckpointError as e:
+        raise BoardError(f"checkpoint: {e}") from None
+    return {"steps": st.steps, "samples": st.samples, "last_seq": st.last_seq, "lr_shift": st.lr_shift, "rng": st.rng,
+            "n_classes": st.n_classes, "generation": st.generation, "model_id": st.model_id,
+            "blobs": {bytes(t).decode("ascii", "replace"): bytes(v) for t, v in blobs.items()}}
+
+
+def read_checkpoint(session, path, retries=3):
+    """The newest complete checkpoint of the store `path` on the board (its two slots), parsed;
+    a slot that is torn or corrupted is passed over (said in 'skipped').  Reads are retried."""
+    found, skipped = None, []
+    for slot in (path + s for s in ckpt_format.SLOTS):
+        if not _retry(lambda: session.exists(slot), retries):
+            continue
+        try:
+            ck = parse_checkpoint(_retry(lambda: session.get(slot), retries))
+        except BoardError as e:
+            skipped.append(f"{slot}: {e}")
+            continue
+        if found is None or ckpt_format._newer(ck["generation"], found["generation"]):
+            found = dict(ck, slot=slot)
+    if found is None:
+        raise BoardError(f"no usable checkpoint {path} on the board"
+                         + (f" ({'; '.join(skipped)})" if skipped else ": train first (the board checkpoints as it goes)"))
+    found["skipped"] = skipped
+    return found
+
+
+def model_id(model_bytes):
+    """The identity a checkpoint binds to: the model file header's CRC."""
+    return struct.unpack_from("<I", model_bytes, 8)[0] if len(model_bytes) >= 12 else None
+
+
+def _retry(fn, retries):
+    """fn() again after a transport error (a garbled reply), up to `retries` times."""
+    from mpremote.transport import TransportError
+    for k in range(retries + 1):
+        try:
+            return fn()
+        except (TransportError, OSError) as e:
+            if k == retries:
+                raise BoardError(f"the board did not answer ({type(e).__name__}: {e})") from e
+            time.sleep(0.2)
 
 
 def apply_checkpoint(model, ckpt):

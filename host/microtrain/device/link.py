@@ -177,7 +177,7 @@ class Link:
 
     def __init__(self, port, model_path_on_board="model.mtm", checkpoint_path=None, checkpoint_every=16,
                  baudrate=115200, window=8, timeout=1.0, retries=3, reconnect_timeout=30.0, idle_timeout=60,
-                 start_timeout=10.0, log=None):
+                 start_timeout=10.0, log=None, fresh=False):
         self.port = port
         self.model_path = model_path_on_board
         self.checkpoint_path = checkpoint_path or model_path_on_board.rsplit(".", 1)[0] + ".ckpt"
@@ -190,6 +190,7 @@ class Link:
         self.idle_timeout = int(idle_timeout)
         self.start_timeout = float(start_timeout)
         self.log = log or (lambda msg: None)
+        self.fresh = bool(fresh)      # the first session forgets the board's checkpoints (a new model)
         self.hello = None
         self.hellos = []              # every HELLO taken as the board state (open, probes, reconnects)
         self.last_seq = None          # highest seq the board acknowledged as applied
@@ -339,9 +340,11 @@ class Link:
         self._write(b"\x03")                        # clear a half-typed line at either REPL
         time.sleep(0.02)
         self._quietly(tr.enter_raw_repl, soft_reset=False, timeout_overall=3)
-        check = proto.start_check(self.model_path, self.checkpoint_path, self.checkpoint_every, self.idle_timeout)
-        cmd = "import microtrain.link as L\nL.serve(%r, %r, %d, %d, %d)\n" % (
-            self.model_path, self.checkpoint_path, self.checkpoint_every, self.idle_timeout, check)
+        fresh = int(self.fresh)
+        check = proto.start_check(self.model_path, self.checkpoint_path, self.checkpoint_every, self.idle_timeout,
+                                  fresh)
+        cmd = "import microtrain.link as L\nL.serve(%r, %r, %d, %d, %d, %d)\n" % (
+            self.model_path, self.checkpoint_path, self.checkpoint_every, self.idle_timeout, check, fresh)
         self._parser.reset()
         self._quietly(tr.exec_raw_no_follow, cmd)
         end = time.monotonic() + self.start_timeout
@@ -355,6 +358,7 @@ class Link:
                 ask = time.monotonic() + 0.5
             for f in self._receive(0.05):
                 if f.type == HELLO and self._set_hello(f, asked):
+                    self.fresh = False            # done once: a reconnect resumes, never restarts
                     return self.hello
             junk = bytes(self._parser.junk)
             if junk.count(b"\x04") >= 2 and junk.rstrip().endswith(b">"):  # serve() returned or raised
@@ -374,7 +378,7 @@ class Link:
             try:
                 if self._tr is None:
                     self._open_port()
-                if self._probe():
+                if not self.fresh and self._probe():     # --fresh: always a new session
                     return self.hello
                 self._start_session()
                 return self.hello

@@ -15,10 +15,7 @@ import microtrain
 from microtrain import sensors
 m = microtrain.load({name!r})
 t = microtrain.Trainer(m, checkpoint_path={ckpt!r})
-try:
-    t.rollback()
-except microtrain.TrainingError:
-    pass
+t.resume()                      # the newest checkpoint of this model, if any
 if {sensor!r} == 'mpu6050':
     s = sensors.MPU6050(machine.I2C({i2c_id}, sda=machine.Pin({sda}), scl=machine.Pin({scl})), rate_hz={rate})
 else:

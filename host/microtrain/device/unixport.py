@@ -104,6 +104,44 @@ def training_memory(model, plan, xq, labels, heap="160K", steps=20):
     return {"live": live, "peak": peak, "per_step": per_step, "free": free}
 
 
+ALLOC_SCRIPT = """
+import gc, microtrain
+microtrain.backend.use('{backend}')
+D = '{dir}'
+m = microtrain.load(D + '/m.mtm')
+t = microtrain.Trainer(m, checkpoint_path=D + '/ck')
+data = open(D + '/samples.bin', 'rb').read()
+labels = open(D + '/labels.bin', 'rb').read()
+size = m.in_size
+xs = [memoryview(data)[i * size:(i + 1) * size] for i in range(len(labels))]
+def run(fn, n):
+    for k in range(n):
+        i = k % len(labels)
+        fn(xs[i], labels[i], k)
+run(t.train_step, 2)
+run(t.step, 2)
+gc.collect()
+gc.disable()
+a = gc.mem_alloc()
+run(t.train_step, {steps})
+b = gc.mem_alloc()
+run(t.step, {steps})
+c = gc.mem_alloc()
+gc.enable()
+print('RESULT', b - a, c - b)
+"""
+
+
+def step_allocation(model, plan, xq, labels, backend="native", steps=64, heap="1M"):
+    """Bytes the trainer allocates per step in MicroPython, gc off, after two warm-up steps:
+    (Trainer.train_step, Trainer.step) - train_step returns an integer loss, step a float."""
+    with tempfile.TemporaryDirectory() as d:
+        _write(d, model, plan, xq, labels)
+        out = run(ALLOC_SCRIPT.format(backend=backend, dir=d, steps=steps), backend=backend, heap=heap)
+    a, b = (int(v) for v in out.split("RESULT")[1].split())
+    return a / steps, b / steps
+
+
 STATE_SCRIPT = """
 import struct, microtrain
 microtrain.backend.use('{backend}')
