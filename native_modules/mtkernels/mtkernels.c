@@ -11,6 +11,8 @@
 // memoryview slices of the arena); int16/int32/uint16/uint32 arguments take 'h'/'i'/'H'/'I'
 // arrays or raw bytes of the right length.  Outputs must be writable.
 
+#include <stdarg.h>  // first: py/mpprint.h declares mp_vprintf only when va_list is known
+
 #ifdef MICROPY_ENABLE_DYNRUNTIME
 #include "py/dynruntime.h"
 #else
@@ -66,68 +68,43 @@ enum { F_OUT = 1, F_OPT = 2, F_ATLEAST = 4 };
 #define MT_MAX_DIM 4096
 #define MT_MAX_ELEMS (1 << 24)
 
+// An error message being formatted: MicroPython's formatter prints into it via msg_strn
+// (a message longer than 95 characters is cut).
 typedef struct {
     char text[96];
     size_t len;
 } msg_t;
 
-static void msg_str(msg_t *m, const char *s) {
-    while (*s && m->len < sizeof(m->text) - 1) {
+static void msg_strn(void *data, const char *s, size_t n) {
+    msg_t *m = data;
+    while (n-- > 0 && m->len < sizeof(m->text) - 1) {
         m->text[m->len++] = *s++;
     }
 }
 
-static void msg_int(msg_t *m, mp_int_t v) {
-    // digits by subtracting powers of ten: an ARMv6-M native module cannot call libgcc's divider
-    mp_uint_t u = v < 0 ? (mp_uint_t)0 - (mp_uint_t)v : (mp_uint_t)v;
-    mp_uint_t pow10[20];
-    int n = 0;
-    pow10[0] = 1;
-    while (n < 19 && pow10[n] <= (mp_uint_t)-1 / 10u && pow10[n] * 10u <= u) {
-        pow10[n + 1] = pow10[n] * 10u;
-        n++;
-    }
-    if (v < 0) {
-        msg_str(m, "-");
-    }
-    for (; n >= 0; n--) {
-        char d = '0';
-        while (u >= pow10[n]) {
-            u -= pow10[n];
-            d++;
-        }
-        if (m->len < sizeof(m->text) - 1) {
-            m->text[m->len++] = d;
-        }
-    }
-}
+// The one place that formats an argument error: raises `type` with the message
+// "<name>: <fmt>", fmt and its arguments as for mp_printf (an mp_int_t prints with INT_FMT).
+// The formatting runs in the firmware (mp_vprintf), so an ARMv6-M native module needs no divider.
+static NORETURN void arg_error(const mp_obj_type_t *type, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
-static NORETURN void raise_msg(const mp_obj_type_t *type, msg_t *m) {
-    mp_raise_type_arg(type, mp_obj_new_str(m->text, m->len));
-}
-
-static NORETURN void arg_error(const mp_obj_type_t *type, const char *name, const char *what) {
+static NORETURN void arg_error(const mp_obj_type_t *type, const char *name, const char *fmt, ...) {
     msg_t m;
     m.len = 0;
-    msg_str(&m, name);
-    msg_str(&m, ": ");
-    msg_str(&m, what);
-    raise_msg(type, &m);
+    mp_print_t print = { &m, msg_strn };
+    mp_printf(&print, "%s: ", name);
+    va_list ap;
+    va_start(ap, fmt);
+    mp_vprintf(&print, fmt, ap);
+    va_end(ap);
+    mp_raise_type_arg(type, mp_obj_new_str(m.text, m.len));
 }
 
 static NORETURN void range_error(const char *name, mp_int_t lo, mp_int_t hi, mp_int_t got) {
-    msg_t m;
-    m.len = 0;
-    msg_str(&m, name);
-    msg_str(&m, ": must be in [");
-    msg_int(&m, lo);
-    msg_str(&m, ", ");
-    msg_int(&m, hi);
-    msg_str(&m, "], got ");
-    msg_int(&m, got);
-    raise_msg(&mp_type_ValueError, &m);
+    arg_error(&mp_type_ValueError, name, "must be in [" INT_FMT ", " INT_FMT "], got " INT_FMT, lo, hi, got);
 }
 
+// An int in [lo, hi]: a TypeError for anything else than an int, a ValueError outside the range.
 static mp_int_t int_arg(mp_obj_t o, mp_int_t lo, mp_int_t hi, const char *name) {
     if (!mp_obj_is_int(o)) {
         arg_error(&mp_type_TypeError, name, "expected an int");
@@ -137,15 +114,7 @@ static mp_int_t int_arg(mp_obj_t o, mp_int_t lo, mp_int_t hi, const char *name) 
         // converting to a machine word truncates (native module) or raises OverflowError (firmware)
         if (mp_obj_is_true(mp_binary_op(MP_BINARY_OP_LESS, o, mp_obj_new_int(lo)))
             || mp_obj_is_true(mp_binary_op(MP_BINARY_OP_MORE, o, mp_obj_new_int(hi)))) {
-            msg_t m;
-            m.len = 0;
-            msg_str(&m, name);
-            msg_str(&m, ": must be in [");
-            msg_int(&m, lo);
-            msg_str(&m, ", ");
-            msg_int(&m, hi);
-            msg_str(&m, "], got an int beyond that");
-            raise_msg(&mp_type_ValueError, &m);
+            arg_error(&mp_type_ValueError, name, "must be in [" INT_FMT ", " INT_FMT "], got an int beyond that", lo, hi);
         }
         return (mp_int_t)mp_obj_get_int_truncated(o);
     }
@@ -162,12 +131,28 @@ static const char *type_name(int t) {
         : t == T_U32 ? "uint32" : "byte";
 }
 
+// log2 of the element size: byte lengths become element counts by a shift (no division on ARMv6-M)
+static int type_shift(int t) {
+    return t == T_S16 || t == T_U16 ? 1 : t == T_S32 || t == T_U32 ? 2 : 0;
+}
+
 static int type_size(int t) {
-    return t == T_S16 || t == T_U16 ? 2 : t == T_S32 || t == T_U32 ? 4 : 1;
+    return 1 << type_shift(t);
 }
 
 static char type_code(int t) {
     return t == T_S8 ? 'b' : t == T_S16 ? 'h' : t == T_S32 ? 'i' : t == T_U16 ? 'H' : t == T_U32 ? 'I' : 'B';
+}
+
+// The number of whole elements of type t in buffer `o`, for an argument whose length sets the
+// size of the others (buf_arg then checks its typecode).  Its TypeError says "an int8 buffer",
+// where buf_arg's says "a int8 buffer": both texts are kept as they were.
+static mp_int_t buf_elems(mp_obj_t o, int t, const char *name) {
+    mp_buffer_info_t bi;
+    if (!mp_get_buffer(o, &bi, MP_BUFFER_READ)) {
+        arg_error(&mp_type_TypeError, name, "expected %s %s buffer", t == T_S8 || t == T_S16 || t == T_S32 ? "an" : "a", type_name(t));
+    }
+    return (mp_int_t)(bi.len >> type_shift(t));
 }
 
 // Returns the buffer of `o` holding n elements of type t (at least n with F_ATLEAST), or NULL
@@ -178,38 +163,18 @@ static void *buf_arg(mp_obj_t o, int t, mp_int_t n, int flags, const char *name)
     }
     mp_buffer_info_t bi;
     if (!mp_get_buffer(o, &bi, (flags & F_OUT) ? MP_BUFFER_WRITE : MP_BUFFER_READ)) {
-        msg_t m;
-    m.len = 0;
-        msg_str(&m, name);
-        msg_str(&m, (flags & F_OUT) ? ": expected a writable " : ": expected a ");
-        msg_str(&m, type_name(t));
-        msg_str(&m, " buffer");
-        raise_msg(&mp_type_TypeError, &m);
+        arg_error(&mp_type_TypeError, name, "expected a %s%s buffer", (flags & F_OUT) ? "writable " : "", type_name(t));
     }
     // raw bytes: bytes and array('B') report 'B', bytearray and its memoryviews report 1
     int tc = bi.typecode;
     if (tc != type_code(t) && tc != 'B' && tc != 1) {
-        msg_t m;
-    m.len = 0;
-        msg_str(&m, name);
-        msg_str(&m, ": expected ");
-        msg_str(&m, type_name(t));
-        msg_str(&m, " elements (typecode '");
-        m.text[m.len++] = type_code(t);
-        msg_str(&m, "' or raw bytes)");
-        raise_msg(&mp_type_TypeError, &m);
+        arg_error(&mp_type_TypeError, name, "expected %s elements (typecode '%c' or raw bytes)", type_name(t), type_code(t));
     }
     mp_int_t need = n * type_size(t);
     mp_int_t have = (mp_int_t)bi.len;
     if ((flags & F_ATLEAST) ? have < need : have != need) {
-        msg_t m;
-    m.len = 0;
-        msg_str(&m, name);
-        msg_str(&m, (flags & F_ATLEAST) ? ": needs at least " : ": expected ");
-        msg_int(&m, need);
-        msg_str(&m, " bytes, got ");
-        msg_int(&m, have);
-        raise_msg(&mp_type_ValueError, &m);
+        arg_error(&mp_type_ValueError, name, "%s " INT_FMT " bytes, got " INT_FMT,
+            (flags & F_ATLEAST) ? "needs at least" : "expected", need, have);
     }
     if (((uintptr_t)bi.buf & (uintptr_t)(type_size(t) - 1)) != 0 || ((flags & F_ATLEAST) && t == T_RAW && ((uintptr_t)bi.buf & 3))) {
         arg_error(&mp_type_ValueError, name, "buffer is not aligned to its element size");
@@ -217,10 +182,26 @@ static void *buf_arg(mp_obj_t o, int t, mp_int_t n, int flags, const char *name)
     return bi.buf;
 }
 
+// The bit mask of n activations (1 = clamped): raw bytes, at least ceil(n / 8) of them, word-aligned.
+static uint8_t *mask_arg(mp_obj_t o, mp_int_t n, int flags) {
+    return buf_arg(o, T_RAW, (n + 7) >> 3, flags | F_ATLEAST, "mask");
+}
+
+// The names of the geometry fields, in order, each ended by a NUL.
+#define GEOM_NAMES "geom.in_h\0geom.in_w\0geom.in_c\0geom.out_h\0geom.out_w\0geom.out_c\0geom.k_h\0" \
+    "geom.k_w\0geom.stride_h\0geom.stride_w\0geom.pad_t\0geom.pad_l\0geom.depth_mult"
+
+// The i-th string of a list of NUL-ended strings.
+static const char *nth_string(const char *list, int i) {
+    for (; i > 0; i--) {
+        while (*list++) {
+        }
+    }
+    return list;
+}
+
 static void geom_arg(mp_obj_t o, mt_geom_t *g) {
     const int32_t *a = buf_arg(o, T_S32, MT_GEOM_FIELDS, 0, "geom");
-    // field names, one per space-separated word, for the error message
-    const char *names = "in_h in_w in_c out_h out_w out_c k_h k_w stride_h stride_w pad_t pad_l depth_mult";
     for (int i = 0; i < MT_GEOM_FIELDS; i++) {
         int32_t lo = (i == 10 || i == 11) ? 0 : 1;
         int32_t hi = MT_MAX_DIM;
@@ -232,20 +213,7 @@ static void geom_arg(mp_obj_t o, mt_geom_t *g) {
             hi = 64;
         }
         if (a[i] < lo || a[i] > hi) {
-            char name[24];
-            size_t len = 0;
-            for (const char *q = "geom."; *q; q++) {
-                name[len++] = *q;
-            }
-            const char *p = names;
-            for (int word = 0; word < i; p++) {
-                word += *p == ' ';
-            }
-            while (*p && *p != ' ' && len < sizeof(name) - 1) {
-                name[len++] = *p++;
-            }
-            name[len] = 0;
-            range_error(name, lo, hi, a[i]);
+            range_error(nth_string(GEOM_NAMES, i), lo, hi, a[i]);
         }
     }
     g->in_h = a[0];
@@ -325,17 +293,13 @@ static void check_grad_bound(const int16_t *g, mp_int_t n, uint32_t f1, uint32_t
         return;
     }
     if (!product_fits(f1, f2) || !product_fits(f1 * f2, f3) || !product_fits(max, f1 * f2 * f3)) {
-        arg_error(&mp_type_ValueError, "gy", what);
+        arg_error(&mp_type_ValueError, "gy", "%s", what);
     }
 }
 
 // Update arguments shared by conv_update and dwconv_update: args[0] = rows ... args[7] = rng.
 static void update_arg(const mp_obj_t *args, const mt_geom_t *g, bool have_bias, mt_update_t *u) {
-    mp_buffer_info_t bi;
-    if (!mp_get_buffer(args[0], &bi, MP_BUFFER_READ)) {
-        arg_error(&mp_type_TypeError, "rows", "expected a uint16 buffer");
-    }
-    u->n_rows = (int32_t)(bi.len >> 1);
+    u->n_rows = (int32_t)buf_elems(args[0], T_U16, "rows");
     u->rows = buf_arg(args[0], T_U16, u->n_rows, 0, "rows");
     for (int32_t r = 0; r < u->n_rows; r++) {
         if (u->rows[r] >= g->out_c || (r > 0 && u->rows[r] <= u->rows[r - 1])) {
@@ -413,7 +377,7 @@ static mp_obj_t mtk_conv_forward(size_t n_args, const mp_obj_t *args) {
     mt_requant_t rq;
     requant_arg(args + 5, g.out_c, &rq);
     int8_t *y = buf_arg(args[11], T_S8, n_out(&g), F_OUT, "y");
-    uint8_t *mask = buf_arg(args[12], T_RAW, (n_out(&g) + 7) >> 3, F_OUT | F_OPT | F_ATLEAST, "mask");
+    uint8_t *mask = mask_arg(args[12], n_out(&g), F_OUT | F_OPT);
     int16_t *scratch = buf_arg(args[13], T_RAW, mt_conv_scratch_forward(&g), F_OUT | F_ATLEAST, "scratch");
     mt_conv_forward(&g, x, zx, w, bias, &rq, y, mask, scratch);
     return mp_const_none;
@@ -472,7 +436,7 @@ static mp_obj_t mtk_dwconv_forward(size_t n_args, const mp_obj_t *args) {
     mt_requant_t rq;
     requant_arg(args + 5, g.out_c, &rq);
     int8_t *y = buf_arg(args[11], T_S8, n_out(&g), F_OUT, "y");
-    uint8_t *mask = buf_arg(args[12], T_RAW, (n_out(&g) + 7) >> 3, F_OUT | F_OPT | F_ATLEAST, "mask");
+    uint8_t *mask = mask_arg(args[12], n_out(&g), F_OUT | F_OPT);
     mt_dwconv_forward(&g, x, zx, w, bias, &rq, y, mask);
     return mp_const_none;
 }
@@ -580,11 +544,7 @@ static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_avgpool_input_grad_obj, 3, 3, mtk
 // add_forward(x1, x2, params, y, mask): params int32[12] (see mt_add_params_t)
 static mp_obj_t mtk_add_forward(size_t n_args, const mp_obj_t *args) {
     (void)n_args;
-    mp_buffer_info_t bi;
-    if (!mp_get_buffer(args[0], &bi, MP_BUFFER_READ)) {
-        arg_error(&mp_type_TypeError, "x1", "expected an int8 buffer");
-    }
-    mp_int_t n = (mp_int_t)bi.len;
+    mp_int_t n = buf_elems(args[0], T_S8, "x1");
     const int8_t *x1 = buf_arg(args[0], T_S8, n, 0, "x1");
     const int8_t *x2 = buf_arg(args[1], T_S8, n, 0, "x2");
     const int32_t *a = buf_arg(args[2], T_S32, MT_ADD_FIELDS, 0, "params");
@@ -608,7 +568,7 @@ static mp_obj_t mtk_add_forward(size_t n_args, const mp_obj_t *args) {
         arg_error(&mp_type_ValueError, "params", "out of range (zero points int8, left_shift 0..22, shifts -31..0)");
     }
     int8_t *y = buf_arg(args[3], T_S8, n, F_OUT, "y");
-    uint8_t *mask = buf_arg(args[4], T_RAW, (n + 7) >> 3, F_OUT | F_OPT | F_ATLEAST, "mask");
+    uint8_t *mask = mask_arg(args[4], n, F_OUT | F_OPT);
     mt_add_forward((int32_t)n, x1, x2, &p, y, mask);
     return mp_const_none;
 }
@@ -617,16 +577,12 @@ static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_add_forward_obj, 5, 5, mtk_add_fo
 // clamp_forward(x, lo, hi, y, mask): ReLU / ReLU6 on int8 (y may be x)
 static mp_obj_t mtk_clamp_forward(size_t n_args, const mp_obj_t *args) {
     (void)n_args;
-    mp_buffer_info_t bi;
-    if (!mp_get_buffer(args[0], &bi, MP_BUFFER_READ)) {
-        arg_error(&mp_type_TypeError, "x", "expected an int8 buffer");
-    }
-    mp_int_t n = (mp_int_t)bi.len;
+    mp_int_t n = buf_elems(args[0], T_S8, "x");
     const int8_t *x = buf_arg(args[0], T_S8, n, 0, "x");
     int32_t lo = int_arg(args[1], -128, 127, "lo");
     int32_t hi = int_arg(args[2], lo, 127, "hi");
     int8_t *y = buf_arg(args[3], T_S8, n, F_OUT, "y");
-    uint8_t *mask = buf_arg(args[4], T_RAW, (n + 7) >> 3, F_OUT | F_OPT | F_ATLEAST, "mask");
+    uint8_t *mask = mask_arg(args[4], n, F_OUT | F_OPT);
     mt_clamp_forward((int32_t)n, x, lo, hi, y, mask);
     return mp_const_none;
 }
@@ -654,11 +610,7 @@ static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_softmax_forward_obj, 7, 7, mtk_so
 static mp_obj_t mtk_softmax_grad(size_t n_args, const mp_obj_t *args) {
     (void)n_args;
     mp_obj_t y_in = args[0], label_in = args[1], gy_out = args[2];
-    mp_buffer_info_t bi;
-    if (!mp_get_buffer(y_in, &bi, MP_BUFFER_READ)) {
-        arg_error(&mp_type_TypeError, "y", "expected an int8 buffer");
-    }
-    int32_t depth = (int32_t)bi.len;
+    int32_t depth = (int32_t)buf_elems(y_in, T_S8, "y");
     const int8_t *y = buf_arg(y_in, T_S8, depth, 0, "y");
     int32_t label = int_arg(label_in, 0, depth - 1, "label");
     int16_t *gy = buf_arg(gy_out, T_S16, depth, F_OUT, "gy");
@@ -688,13 +640,9 @@ static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_grad_rescale_obj, 6, 6, mtk_grad_
 static mp_obj_t mtk_grad_narrow(size_t n_args, const mp_obj_t *args) {
     (void)n_args;
     mp_obj_t acc_in = args[0], mask_in = args[1], out_in = args[2];
-    mp_buffer_info_t bi;
-    if (!mp_get_buffer(acc_in, &bi, MP_BUFFER_READ)) {
-        arg_error(&mp_type_TypeError, "acc", "expected an int32 buffer");
-    }
-    mp_int_t n = (mp_int_t)(bi.len >> 2);
+    mp_int_t n = buf_elems(acc_in, T_S32, "acc");
     const int32_t *acc = buf_arg(acc_in, T_S32, n, 0, "acc");
-    const uint8_t *mask = buf_arg(mask_in, T_RAW, (n + 7) >> 3, F_OPT | F_ATLEAST, "mask");
+    const uint8_t *mask = mask_arg(mask_in, n, F_OPT);
     int16_t *out = buf_arg(out_in, T_S16, n, F_OUT, "out");
     return mp_obj_new_int(mt_grad_narrow((int32_t)n, acc, mask, out));
 }
@@ -704,13 +652,9 @@ static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_grad_narrow_obj, 3, 3, mtk_grad_n
 static mp_obj_t mtk_grad_mask(size_t n_args, const mp_obj_t *args) {
     (void)n_args;
     mp_obj_t g_in = args[0], mask_in = args[1];
-    mp_buffer_info_t bi;
-    if (!mp_get_buffer(g_in, &bi, MP_BUFFER_READ)) {
-        arg_error(&mp_type_TypeError, "g", "expected an int16 buffer");
-    }
-    mp_int_t n = (mp_int_t)(bi.len >> 1);
+    mp_int_t n = buf_elems(g_in, T_S16, "g");
     int16_t *g = buf_arg(g_in, T_S16, n, F_OUT, "g");
-    const uint8_t *mask = buf_arg(mask_in, T_RAW, (n + 7) >> 3, F_ATLEAST, "mask");
+    const uint8_t *mask = mask_arg(mask_in, n, 0);
     mt_grad_mask((int32_t)n, g, mask);
     return mp_const_none;
 }
