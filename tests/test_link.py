@@ -87,18 +87,18 @@ def board_state(port):
 
 
 def checkpoint_info(path):
-    """(steps, last_seq) of a checkpoint file if it is whole (magic, version, CRC), else None."""
-    try:
-        data = open(path, "rb").read()
-    except OSError:
-        return None
-    hs = struct.calcsize("<4sHHIIiiIH")
-    if len(data) < hs + 4:
-        return None
-    magic, ver, _, steps, samples, seq, lr, rng, n = struct.unpack_from("<4sHHIIiiIH", data, 0)
-    if magic != b"MTCK" or fmt.crc32(data[:-4], 0) & 0xFFFFFFFF != struct.unpack_from("<I", data, len(data) - 4)[0]:
-        return None
-    return steps, seq
+    """(steps, last_seq) of the newest complete checkpoint in the store `path` (its two slots,
+    read with the board's own reader), else None."""
+    from microtrain.board import checkpoint as ck
+    best = None
+    for slot in (path + ".0", path + ".1"):
+        try:
+            st, _ = ck.parse(open(slot, "rb").read())
+        except (OSError, ck.CheckpointError):
+            continue
+        if best is None or ck._newer(st.generation, best.generation):
+            best = st
+    return None if best is None else (best.steps, best.last_seq)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,9 +347,13 @@ def test_board_killed_mid_stream_resumes_from_its_checkpoint(board, imu):
                 done_at_kill["done"] = done
                 ck = checkpoint_info(board.path("model.ckpt"))
                 done_at_kill["ckpt"] = ck
-                # a torn write of the next checkpoint, as a reset during checkpoint() leaves it
-                whole = open(board.path("model.ckpt"), "rb").read()
-                open(board.path("model.ckpt.new"), "wb").write(whole[:len(whole) // 2])
+                # a torn write of the next checkpoint, as a reset during checkpoint() leaves it:
+                # the older slot half written with newer bytes
+                slots = [board.path("model.ckpt" + s) for s in (".0", ".1")]
+                live = [p for p in slots if os.path.exists(p)]
+                whole = open(live[0], "rb").read()
+                older = slots[1] if len(live) == 1 else min(slots, key=os.path.getmtime)
+                open(older, "wb").write(whole[:len(whole) // 2])
                 restarter.append(threading.Timer(1.5, board.start))   # after the host gave up resending
                 restarter[-1].start()
         return progress
@@ -362,8 +366,7 @@ def test_board_killed_mid_stream_resumes_from_its_checkpoint(board, imu):
         assert st1["reconnects"] >= 1 and st1["resumed_from"][-1] == seq + 1
         assert any(h["last_seq"] == seq and h["steps"] == seq + 1 for h in link.hellos[1:])
         assert link.last_seq == 39 and link.ckpt_seq == 39                  # checkpointed at the end
-        board.kill()                                                           # right after a checkpoint,
-        os.replace(board.path("model.ckpt"), board.path("model.ckpt.new"))    # between its remove and rename
+        board.kill()                                                           # right after a checkpoint
         board.start()
         reconnects = link.reconnects
         st2 = link.stream(xq[40:], y[40:])

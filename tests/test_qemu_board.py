@@ -308,13 +308,12 @@ for x, y in zip(xs[3:], ys[3:]):
     t.step(x, y)
 changed = [bytes(b) for _, b in t._state_blobs()] != saved
 t.checkpoint()
-os.rename('ck.ckpt', 'ck.ckpt.old')
-open('ck.ckpt', 'wb').write(open('ck.ckpt.old', 'rb').read()[:-1] + b'x')  # corrupted
-os.rename('ck.ckpt.old', 'ck.ckpt.new')                                    # a torn rename
+newest = open('ck.ckpt.1', 'rb').read()
+open('ck.ckpt.1', 'wb').write(newest[:-1] + b'x')      # the newest slot corrupted: the older one holds
 t.rollback()
 print(changed, t.steps, sorted(n for n in os.listdir() if n.startswith('ck.')))
 """)
-    assert out.split() == ["True", "6", "['ck.ckpt',", "'ck.ckpt.new',", "'ck.mtm']"]
+    assert out.split() == ["True", "3", "['ck.ckpt.0',", "'ck.ckpt.1',", "'ck.mtm']"]
 
 
 def test_time_and_keyboard_interrupt(m0_board):

@@ -135,7 +135,14 @@ class Store:
         self.path = path
         self.slots = (path + SLOTS[0], path + SLOTS[1])
         self.current = None           # (slot index, generation) of the newest complete state
+        self.scanned = False          # current is known (read or written by this store)
         self.skipped = []
+
+    def has(self):
+        """Whether a complete state exists; the slots are read once, then remembered."""
+        if not self.scanned:
+            self.newest()
+        return self.current is not None
 
     def newest(self):
         """(slot index, State, index) of the valid slot with the highest generation, or None;
@@ -155,6 +162,7 @@ class Store:
             if best is None or _newer(st.generation, best[1].generation):
                 best = (i, st, index)
         self.current = None if best is None else (best[0], best[1].generation)
+        self.scanned = True
         return best
 
     def read_into(self, slot, index, tag, buf):
@@ -178,6 +186,7 @@ class Store:
         with open(self.slots[i], "wb") as f:
             write(f, state, blobs)
         self.current = (i, state.generation)
+        self.scanned = True
         return self.slots[i]
 
     def clear(self):
@@ -185,6 +194,7 @@ class Store:
             if exists(p):
                 remove(p)
         self.current = None
+        self.scanned = True
 
 
 def _newer(a, b):

@@ -118,6 +118,7 @@ class Trainer:
         self.ckpt_path = checkpoint_path
         self.store = ckpt.Store(checkpoint_path)              # periodic checkpoints
         self.best_store = ckpt.Store(checkpoint_path + ".best")   # the best validated state
+        self.store.has()        # read the slots once now, so a step never walks the file system
         self.val_margin = int(val_margin * 1000)    # per mille, so decisions compare integers
         self.since_ckpt = 0
         self.heap_free = mem_free()
@@ -329,7 +330,7 @@ class Trainer:
         return acc
 
     def _has_checkpoint(self):
-        return self.store.current is not None or self.store.newest() is not None
+        return self.store.has()
 
     # ---- checkpoints ----
     def _state_blobs(self):
