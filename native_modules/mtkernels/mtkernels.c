@@ -234,9 +234,11 @@ static void geom_arg(mp_obj_t o, mt_geom_t *g) {
     }
 }
 
-static void geom_kind(const mt_geom_t *g, int depthwise) {
-    if (depthwise ? g->out_c != g->in_c * g->depth_mult : g->depth_mult != 1) {
-        arg_error(&mp_type_ValueError, "geom", depthwise ? "out_c must be in_c * depth_mult" : "depth_mult must be 1");
+// The geometry of a conv (dw 0: depth_mult 1) or a depthwise conv (dw 1: out_c = in_c * depth_mult).
+static void conv_geom(mp_obj_t o, int dw, mt_geom_t *g) {
+    geom_arg(o, g);
+    if (dw ? g->out_c != g->in_c * g->depth_mult : g->depth_mult != 1) {
+        arg_error(&mp_type_ValueError, "geom", dw ? "out_c must be in_c * depth_mult" : "depth_mult must be 1");
     }
 }
 
@@ -360,52 +362,61 @@ static mp_obj_t mtk_conv_update_scratch(size_t n_args, const mp_obj_t *args) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_conv_update_scratch_obj, 3, 3, mtk_conv_update_scratch);
 
+// ---- conv and depthwise: one body per pass, `dw` picks the kernel (0 conv, 1 depthwise) --------
+
+// Weights: out_c filters of k_h * k_w * in_c (conv), or k_h * k_w taps per output channel (depthwise).
+static mp_int_t n_weights(const mt_geom_t *g, int dw) {
+    return dw ? taps(g) * g->out_c : g->out_c * taps(g) * g->in_c;
+}
+
 // conv_forward(geom, x, zx, w, bias, mult, shift, zy, act_min, act_max, rounding, y, mask, scratch)
-static mp_obj_t mtk_conv_forward(size_t n_args, const mp_obj_t *args) {
-    (void)n_args;
+// dwconv_forward(geom, x, zx, w, bias, mult, shift, zy, act_min, act_max, rounding, y, mask)
+static mp_obj_t conv_forward_kind(int dw, const mp_obj_t *args) {
     mt_geom_t g;
-    geom_arg(args[0], &g);
-    geom_kind(&g, 0);
-    mp_int_t K = taps(&g) * g.in_c;
-    if (K > 65536) {
+    conv_geom(args[0], dw, &g);
+    if (!dw && taps(&g) * g.in_c > 65536) {
         arg_error(&mp_type_ValueError, "geom", "k_h * k_w * in_c must be <= 65536");
     }
     const int8_t *x = buf_arg(args[1], T_S8, n_in(&g), 0, "x");
     int32_t zx = int_arg(args[2], -128, 127, "zx");
-    const int8_t *w = buf_arg(args[3], T_S8, g.out_c * K, 0, "w");
+    const int8_t *w = buf_arg(args[3], T_S8, n_weights(&g, dw), 0, "w");
     const int32_t *bias = buf_arg(args[4], T_S32, g.out_c, F_OPT, "bias");
     mt_requant_t rq;
     requant_arg(args + 5, g.out_c, &rq);
     int8_t *y = buf_arg(args[11], T_S8, n_out(&g), F_OUT, "y");
     uint8_t *mask = mask_arg(args[12], n_out(&g), F_OUT | F_OPT);
-    int16_t *scratch = buf_arg(args[13], T_RAW, mt_conv_scratch_forward(&g), F_OUT | F_ATLEAST, "scratch");
-    mt_conv_forward(&g, x, zx, w, bias, &rq, y, mask, scratch);
+    if (dw) {
+        mt_dwconv_forward(&g, x, zx, w, bias, &rq, y, mask);
+    } else {
+        int16_t *scratch = buf_arg(args[13], T_RAW, mt_conv_scratch_forward(&g), F_OUT | F_ATLEAST, "scratch");
+        mt_conv_forward(&g, x, zx, w, bias, &rq, y, mask, scratch);
+    }
     return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_conv_forward_obj, 14, 14, mtk_conv_forward);
 
-// conv_input_grad(geom, gy, w, gx_acc)
-static mp_obj_t mtk_conv_input_grad(size_t n_args, const mp_obj_t *args) {
-    (void)n_args;
+// conv_input_grad(geom, gy, w, gx_acc) / dwconv_input_grad(geom, gy, w, gx_acc)
+static mp_obj_t conv_input_grad_kind(int dw, const mp_obj_t *args) {
     mt_geom_t g;
-    geom_arg(args[0], &g);
-    geom_kind(&g, 0);
+    conv_geom(args[0], dw, &g);
     const int16_t *gy = buf_arg(args[1], T_S16, n_out(&g), 0, "gy");
-    const int8_t *w = buf_arg(args[2], T_S8, g.out_c * taps(&g) * g.in_c, 0, "w");
+    const int8_t *w = buf_arg(args[2], T_S8, n_weights(&g, dw), 0, "w");
     int32_t *gx = buf_arg(args[3], T_S32, n_in(&g), F_OUT, "gx_acc");
-    check_grad_bound(gy, n_out(&g), 128, g.out_c, taps(&g), "max|gy| * 128 * out_c * k_h * k_w must be < 2^31");
-    mt_conv_input_grad(&g, gy, w, gx);
+    if (dw) {
+        check_grad_bound(gy, n_out(&g), 128, taps(&g), g.depth_mult, "max|gy| * 128 * k_h * k_w * depth_mult must be < 2^31");
+        mt_dwconv_input_grad(&g, gy, w, gx);
+    } else {
+        check_grad_bound(gy, n_out(&g), 128, g.out_c, taps(&g), "max|gy| * 128 * out_c * k_h * k_w must be < 2^31");
+        mt_conv_input_grad(&g, gy, w, gx);
+    }
     return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_conv_input_grad_obj, 4, 4, mtk_conv_input_grad);
 
-// conv_update(geom, x, zx, gy, g_exp, w, bias, rows, cin_lo, cin_hi, w_mult, w_shift,
-//             b_mult, b_shift, rng, scratch)
-static mp_obj_t mtk_conv_update(size_t n_args, const mp_obj_t *args) {
-    (void)n_args;
+// conv_update / dwconv_update(geom, x, zx, gy, g_exp, w, bias, rows, cin_lo, cin_hi, w_mult,
+// w_shift, b_mult, b_shift, rng, scratch): cin_hi > cin_lo trains the weights of `rows` (for
+// depthwise, all of their taps), else only the bias.
+static mp_obj_t conv_update_kind(int dw, const mp_obj_t *args) {
     mt_geom_t g;
-    geom_arg(args[0], &g);
-    geom_kind(&g, 0);
+    conv_geom(args[0], dw, &g);
     const int8_t *x = buf_arg(args[1], T_S8, n_in(&g), 0, "x");
     int32_t zx = int_arg(args[2], -128, 127, "zx");
     const int16_t *gy = buf_arg(args[3], T_S16, n_out(&g), 0, "gy");
@@ -413,73 +424,34 @@ static mp_obj_t mtk_conv_update(size_t n_args, const mp_obj_t *args) {
     mt_update_t u;
     update_arg(args + 7, &g, args[6] != mp_const_none, &u);
     // frozen weights (bias-only update) may stay in read-only memory
-    int8_t *w = buf_arg(args[5], T_S8, g.out_c * taps(&g) * g.in_c, u.cin_hi > u.cin_lo ? F_OUT : 0, "w");
+    int8_t *w = buf_arg(args[5], T_S8, n_weights(&g, dw), u.cin_hi > u.cin_lo ? F_OUT : 0, "w");
     int32_t *bias = buf_arg(args[6], T_S32, g.out_c, F_OUT | F_OPT, "bias");
     mp_int_t M = (mp_int_t)g.out_h * g.out_w;
     check_grad_bound(gy, n_out(&g), u.cin_hi > u.cin_lo ? 255 : 1, M, 1, "max|gy| * 255 * out_h * out_w must be < 2^31");
-    void *scratch = buf_arg(args[15], T_RAW, mt_conv_scratch_update(&g, &u), F_OUT | F_ATLEAST, "scratch");
-    mt_conv_update(&g, x, zx, gy, g_exp, w, bias, &u, scratch);
+    mp_int_t scratch_bytes = dw ? 4 * taps(&g) : mt_conv_scratch_update(&g, &u);
+    void *scratch = buf_arg(args[15], T_RAW, scratch_bytes, F_OUT | F_ATLEAST, "scratch");
+    if (dw) {
+        mt_dwconv_update(&g, x, zx, gy, g_exp, w, bias, &u, scratch);
+    } else {
+        mt_conv_update(&g, x, zx, gy, g_exp, w, bias, &u, scratch);
+    }
     return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_conv_update_obj, 16, 16, mtk_conv_update);
 
-// dwconv_forward(geom, x, zx, w, bias, mult, shift, zy, act_min, act_max, rounding, y, mask)
-static mp_obj_t mtk_dwconv_forward(size_t n_args, const mp_obj_t *args) {
-    (void)n_args;
-    mt_geom_t g;
-    geom_arg(args[0], &g);
-    geom_kind(&g, 1);
-    const int8_t *x = buf_arg(args[1], T_S8, n_in(&g), 0, "x");
-    int32_t zx = int_arg(args[2], -128, 127, "zx");
-    const int8_t *w = buf_arg(args[3], T_S8, taps(&g) * g.out_c, 0, "w");
-    const int32_t *bias = buf_arg(args[4], T_S32, g.out_c, F_OPT, "bias");
-    mt_requant_t rq;
-    requant_arg(args + 5, g.out_c, &rq);
-    int8_t *y = buf_arg(args[11], T_S8, n_out(&g), F_OUT, "y");
-    uint8_t *mask = mask_arg(args[12], n_out(&g), F_OUT | F_OPT);
-    mt_dwconv_forward(&g, x, zx, w, bias, &rq, y, mask);
-    return mp_const_none;
-}
-static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_dwconv_forward_obj, 13, 13, mtk_dwconv_forward);
+// Defines the module function `fun` (and its object fun_obj) of exactly n arguments as impl(dw, args).
+#define MTK_CONV_FUN(fun, impl, dw, n) \
+    static mp_obj_t fun(size_t n_args, const mp_obj_t *args) { \
+        (void)n_args; \
+        return impl(dw, args); \
+    } \
+    static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(fun##_obj, n, n, fun);
 
-// dwconv_input_grad(geom, gy, w, gx_acc)
-static mp_obj_t mtk_dwconv_input_grad(size_t n_args, const mp_obj_t *args) {
-    (void)n_args;
-    mt_geom_t g;
-    geom_arg(args[0], &g);
-    geom_kind(&g, 1);
-    const int16_t *gy = buf_arg(args[1], T_S16, n_out(&g), 0, "gy");
-    const int8_t *w = buf_arg(args[2], T_S8, taps(&g) * g.out_c, 0, "w");
-    int32_t *gx = buf_arg(args[3], T_S32, n_in(&g), F_OUT, "gx_acc");
-    check_grad_bound(gy, n_out(&g), 128, taps(&g), g.depth_mult, "max|gy| * 128 * k_h * k_w * depth_mult must be < 2^31");
-    mt_dwconv_input_grad(&g, gy, w, gx);
-    return mp_const_none;
-}
-static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_dwconv_input_grad_obj, 4, 4, mtk_dwconv_input_grad);
-
-// dwconv_update(geom, x, zx, gy, g_exp, w, bias, rows, cin_lo, cin_hi, w_mult, w_shift,
-//               b_mult, b_shift, rng, scratch): cin_hi > cin_lo trains the taps of `rows`.
-static mp_obj_t mtk_dwconv_update(size_t n_args, const mp_obj_t *args) {
-    (void)n_args;
-    mt_geom_t g;
-    geom_arg(args[0], &g);
-    geom_kind(&g, 1);
-    const int8_t *x = buf_arg(args[1], T_S8, n_in(&g), 0, "x");
-    int32_t zx = int_arg(args[2], -128, 127, "zx");
-    const int16_t *gy = buf_arg(args[3], T_S16, n_out(&g), 0, "gy");
-    int32_t g_exp = int_arg(args[4], -64, 64, "g_exp");
-    mt_update_t u;
-    update_arg(args + 7, &g, args[6] != mp_const_none, &u);
-    // frozen weights (bias-only update) may stay in read-only memory
-    int8_t *w = buf_arg(args[5], T_S8, taps(&g) * g.out_c, u.cin_hi > u.cin_lo ? F_OUT : 0, "w");
-    int32_t *bias = buf_arg(args[6], T_S32, g.out_c, F_OUT | F_OPT, "bias");
-    mp_int_t M = (mp_int_t)g.out_h * g.out_w;
-    check_grad_bound(gy, n_out(&g), u.cin_hi > u.cin_lo ? 255 : 1, M, 1, "max|gy| * 255 * out_h * out_w must be < 2^31");
-    int32_t *scratch = buf_arg(args[15], T_RAW, 4 * taps(&g), F_OUT | F_ATLEAST, "scratch");
-    mt_dwconv_update(&g, x, zx, gy, g_exp, w, bias, &u, scratch);
-    return mp_const_none;
-}
-static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mtk_dwconv_update_obj, 16, 16, mtk_dwconv_update);
+MTK_CONV_FUN(mtk_conv_forward, conv_forward_kind, 0, 14)
+MTK_CONV_FUN(mtk_conv_input_grad, conv_input_grad_kind, 0, 4)
+MTK_CONV_FUN(mtk_conv_update, conv_update_kind, 0, 16)
+MTK_CONV_FUN(mtk_dwconv_forward, conv_forward_kind, 1, 13)
+MTK_CONV_FUN(mtk_dwconv_input_grad, conv_input_grad_kind, 1, 4)
+MTK_CONV_FUN(mtk_dwconv_update, conv_update_kind, 1, 16)
 
 static void pool_geom(mp_obj_t o, mt_geom_t *g) {
     geom_arg(o, g);
