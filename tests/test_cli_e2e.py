@@ -93,3 +93,58 @@ def test_recording_from_the_board_sensor_says_when_the_board_has_none(board):
     assert r.exit_code != 0 and "no machine.I2C: it cannot read the sensor" in r.output
     r = CliRunner().invoke(cli.main, ["train", "--sensor", "adc", "--port", board.port])
     assert r.exit_code != 0 and "--label" in r.output
+
+
+def _hashes(folder):
+    import hashlib
+    return {f: hashlib.sha256(open(os.path.join(folder, f), "rb").read()).hexdigest() for f in os.listdir(folder)
+            if f.endswith(".mpy")}
+
+
+def test_a_push_that_breaks_off_keeps_the_old_library_and_resumes(board, tmp_path):
+    """A push cut off while the next library is being written (the host process killed, then the
+    board's power cut): the old library stays complete and importable; the next push sends only
+    what the board does not hold verified yet, and survives the board resetting under it."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    invoke("push", "--port", board.port)
+    lib, staged = board.path("lib/microtrain"), board.path("lib/microtrain.new")
+    before = _hashes(lib)
+    dist = tmp_path / "dist"
+    shutil.copytree(os.environ.get("MICROTRAIN_DIST", "dist"), dist)
+    shutil.copy(dist / "lib" / "microtrain" / "telemetry.mpy", dist / "lib" / "microtrain" / "extra.mpy")
+    after = _hashes(dist / "lib" / "microtrain")
+    exe = os.path.join(os.path.dirname(sys.executable), "microtrain")
+
+    def push_until(n_staged):
+        p = subprocess.Popen([exe, "push", "--port", board.port], env=dict(os.environ, MICROTRAIN_DIST=str(dist)),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        end = time.monotonic() + 60
+        while not (os.path.isdir(staged) and len(os.listdir(staged)) >= n_staged) and time.monotonic() < end:
+            time.sleep(0.005)
+        return p
+
+    p = push_until(4)
+    p.send_signal(signal.SIGKILL)                          # the host gives up mid-push
+    p.wait()
+    assert _hashes(lib) == before                          # the old library, untouched
+    n_staged = len(os.listdir(staged))
+    with board_io.Session(board.port) as s:                # and it still imports
+        assert s.exec("import microtrain; print(microtrain.__version__)").strip()
+
+    p = push_until(n_staged + 2)
+    board.kill()                                           # power cut during the resumed push
+    assert _hashes(lib) == before
+    time.sleep(0.3)
+    board.start()
+    out, _ = p.communicate(timeout=180)
+    assert p.returncode == 0, out
+    wrote = int(out.split("wrote ")[1].split()[0])
+    assert wrote <= len(after) - n_staged + 2, out        # files verified before were not sent again
+    assert _hashes(lib) == after and not os.path.exists(staged) and not os.path.exists(board.path("lib/microtrain.old"))
+    with board_io.Session(board.port) as s:
+        assert s.exec("import microtrain.extra, microtrain; print(microtrain.__version__)").strip()
+    invoke("push", "--port", board.port)                   # back to the real library for what follows

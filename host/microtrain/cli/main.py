@@ -15,6 +15,8 @@ import click
 
 from microtrain.cli.errors import Boundary
 
+PUSH_ATTEMPTS = 3       # a push that breaks off resumes where it stopped
+
 
 def _dist():
     from microtrain.device.unixport import dist_dir
@@ -170,15 +172,22 @@ def push(model, port, name, force):
     Uses mpremote's Python transport over the raw REPL; verifies every file by SHA-256 and skips
     files the board already has.
     """
-    from microtrain.device.board_io import BoardError, Session, install
+    from microtrain.device.board_io import BoardError, BoardUnreachable, Session, install
     port = _need_port(port)
     data = open(model, "rb").read() if model else None
     t0 = time.time()
-    try:
-        with Session(port) as s:
-            written, backend, info = install(s, _dist(), data, name, log=click.echo)
-    except BoardError as e:
-        _fail(str(e))
+    for attempt in range(1, PUSH_ATTEMPTS + 1):
+        try:
+            with Session(port) as s:
+                written, backend, info = install(s, _dist(), data, name, log=click.echo)
+            break
+        except BoardUnreachable as e:             # resumable: the next attempt sends only what is missing
+            if attempt == PUSH_ATTEMPTS:
+                _fail(f"{e} (tried {attempt} times; the board keeps its previous library: push again)")
+            click.echo(f"push: {e}; trying again ({attempt + 1}/{PUSH_ATTEMPTS})")
+            time.sleep(1.0)
+        except BoardError as e:
+            _fail(str(e))
     click.echo(f"{port}: {info['version'].split(';')[-1].strip()}, arch {info['arch']}, backend {backend}")
     click.echo(f"wrote {len(written)} files ({', '.join(written) or 'all up to date'}) in {time.time() - t0:.1f} s")
 

@@ -14,8 +14,15 @@ from microtrain.board import checkpoint as ckpt_format
 from microtrain.device.boards import MPY_ARCHS
 
 
+READ_TIMEOUT = 5.0          # seconds between two bytes of a reply before the board counts as gone
+
+
 class BoardError(RuntimeError):
     pass
+
+
+class BoardUnreachable(BoardError):
+    """The port or the transport failed (cable, reset, a garbled reply): trying again may work."""
 
 
 class Session:
@@ -24,14 +31,15 @@ class Session:
     def __init__(self, port, baudrate=115200):
         from mpremote.transport_serial import SerialTransport
         try:
-            self.t = SerialTransport(port, baudrate=baudrate)
+            # a read timeout: a board that goes away mid-call is an error, not a wait forever
+            self.t = SerialTransport(port, baudrate=baudrate, timeout=READ_TIMEOUT)
         except Exception as e:                      # noqa: BLE001 - pyserial raises several kinds
-            raise BoardError(f"cannot open {port}: {e}") from e
+            raise BoardUnreachable(f"cannot open {port}: {e}") from e
         try:
             self.t.enter_raw_repl(soft_reset=False)
         except Exception as e:                      # noqa: BLE001
             self.t.close()
-            raise BoardError(f"no MicroPython REPL on {port}: {e}") from e
+            raise BoardUnreachable(f"no MicroPython REPL on {port}: {e}") from e
 
     def __enter__(self):
         return self
@@ -42,8 +50,13 @@ class Session:
     def close(self):
         try:
             self.t.exit_raw_repl()
+        except Exception:                           # noqa: BLE001 - a port that is gone is closed
+            pass
         finally:
-            self.t.close()
+            try:
+                self.t.close()
+            except Exception:                       # noqa: BLE001
+                pass
 
     def eval(self, expr):
         return self.t.eval(expr)
@@ -87,6 +100,27 @@ class Session:
             raise BoardError(f"{dest}: the board's copy does not match (hash {got.hex()} != {local.hex()})")
         return True
 
+    def same(self, data, dest):
+        """Whether the board's dest holds exactly these bytes."""
+        return self._hash(dest) == hashlib.sha256(data).digest()
+
+    def replace(self, data, dest, force=False):
+        """Like put, but dest keeps its old bytes until the new ones are verified beside it
+        (dest + '.new', then a rename over dest)."""
+        if not force and self.same(data, dest):
+            return False
+        self.put(data, dest + ".new", force=force)
+        # LittleFS renames over a file in one step; FAT refuses, so it is removed first
+        self.exec("import os\ntry:\n os.rename(%r, %r)\nexcept OSError:\n os.remove(%r)\n os.rename(%r, %r)"
+                  % (dest + ".new", dest, dest, dest + ".new", dest))
+        return True
+
+    def listdir(self, path):
+        """Names of the files in a board folder ([] if there is none)."""
+        if not self.t.fs_exists(path):
+            return []
+        return [e.name for e in self.t.fs_listdir(path)]
+
     def get(self, path):
         return self.t.fs_readfile(path)
 
@@ -94,33 +128,90 @@ class Session:
         return self.t.fs_exists(path)
 
 
-def install(session, dist, model_bytes=None, model_name="model.mtm", log=print):
+LIB = "lib/microtrain"
+STAGED = LIB + ".new"       # the next library, being written and verified
+OLD = LIB + ".old"          # the previous library, during the switch
+
+# One exec on the board: finish or undo a switch a reset interrupted, then (if asked) switch.
+# Both steps are directory renames; at every moment either lib/microtrain or, between the two
+# renames, a verified lib/microtrain.new holds a complete library.
+_SWITCH = """
+import os
+def _e(p):
+    try:
+        os.stat(p)
+        return True
+    except OSError:
+        return False
+def _rm(p):
+    for n in os.listdir(p):
+        os.remove(p + '/' + n)
+    os.rmdir(p)
+L, N, O = %r, %r, %r
+if not _e(L) and _e(O):
+    os.rename(N if _e(N) and %r else O, L)
+if _e(O):
+    _rm(O)
+if %r:
+    if _e(L):
+        os.rename(L, O)
+    os.rename(N, L)
+    _rm(O)
+print(_e(L))
+"""
+
+
+def _switch(session, staged_ok, switch):
+    out = session.exec(_SWITCH % (LIB, STAGED, OLD, staged_ok, switch))
+    return out.strip().endswith(b"True")
+
+
+def install(session, dist, model_bytes=None, model_name="model.mtm", log=print, retries=3):
     """The board library (.mpy), the native module for the board's arch (or a notice that the
-    pure-Python backend will run), and optionally a model file.  Returns what was written."""
-    info = session.info()
+    pure-Python backend will run), and optionally a model file.  Returns what was written.
+
+    Nothing is replaced before its new copy is verified (SHA-256 on the board): the library is
+    staged in lib/microtrain.new and swapped in by two directory renames, single files are
+    written beside their old copy and renamed over it.  A push that breaks off (cable, reset)
+    leaves the old library importable; the next push resumes, sending only what is not staged
+    yet.  Transport errors are retried."""
+    info = _retry(session, session.info, retries)
     if info["mpy"] & 0xFF != 6:
         raise BoardError(f"the board's MicroPython writes .mpy version {info['mpy_version']}; "
                          "microtrain's modules are version 6 (MicroPython 1.23-1.29)")
-    written = []
     lib = os.path.join(dist, "lib", "microtrain")
     if not os.path.isdir(lib):
         raise BoardError(f"{lib} missing: run `make natmods`")
+    files = {}
     for f in sorted(os.listdir(lib)):
         if f.endswith(".mpy"):
             with open(os.path.join(lib, f), "rb") as fh:
-                if session.put(fh.read(), f"lib/microtrain/{f}"):
-                    written.append(f"lib/microtrain/{f}")
+                files[f] = fh.read()
+    written = []
+    _retry(session, lambda: _switch(session, True, False), retries)     # finish an interrupted switch
+    have = set(_retry(session, lambda: session.listdir(LIB), retries))
+    if have != set(files) or any(not _retry(session, lambda: session.same(data, f"{LIB}/{f}"), retries)
+                                 for f, data in files.items()):
+        for f in set(_retry(session, lambda: session.listdir(STAGED), retries)) - set(files):
+            _retry(session, lambda: session.t.fs_rmfile(f"{STAGED}/{f}"), retries)   # stale from an older push
+        for f, data in files.items():
+            if _retry(session, lambda: session.put(data, f"{STAGED}/{f}"), retries):
+                written.append(f"{LIB}/{f}")
+        if not _retry(session, lambda: _switch(session, True, True), retries):
+            raise BoardError("the board did not switch to the new library: run `microtrain push` again")
+        written = written or [LIB]
     native = os.path.join(dist, f"{info['arch']}_6.3", "mtkernels.mpy") if info["arch"] else None
     if native and os.path.exists(native):
         with open(native, "rb") as fh:
-            if session.put(fh.read(), "lib/mtkernels.mpy"):
-                written.append("lib/mtkernels.mpy")
+            module = fh.read()
+        if _retry(session, lambda: session.replace(module, "lib/mtkernels.mpy"), retries):
+            written.append("lib/mtkernels.mpy")
         backend = "native"
     else:
         log(f"notice: no native module built for arch {info['arch']}: the board will run the pure-Python "
             "backend (same results, slower)")
         backend = "python"
-    if model_bytes is not None and session.put(model_bytes, model_name):
+    if model_bytes is not None and _retry(session, lambda: session.replace(model_bytes, model_name), retries):
         written.append(model_name)
     return written, backend, info
 
@@ -142,10 +233,10 @@ def read_checkpoint(session, path, retries=3):
     a slot that is torn or corrupted is passed over (said in 'skipped').  Reads are retried."""
     found, skipped = None, []
     for slot in (path + s for s in ckpt_format.SLOTS):
-        if not _retry(lambda: session.exists(slot), retries):
+        if not _retry(session, lambda: session.exists(slot), retries):
             continue
         try:
-            ck = parse_checkpoint(_retry(lambda: session.get(slot), retries))
+            ck = parse_checkpoint(_retry(session, lambda: session.get(slot), retries))
         except BoardError as e:
             skipped.append(f"{slot}: {e}")
             continue
@@ -163,16 +254,22 @@ def model_id(model_bytes):
     return struct.unpack_from("<I", model_bytes, 8)[0] if len(model_bytes) >= 12 else None
 
 
-def _retry(fn, retries):
-    """fn() again after a transport error (a garbled reply), up to `retries` times."""
+def _retry(session, fn, retries):
+    """fn() again after a transport error (a garbled reply, a board that reset: the raw REPL is
+    entered again first), up to `retries` times."""
     from mpremote.transport import TransportError
+    # mpremote raises TypeError when it reads from a port that went away mid-call
     for k in range(retries + 1):
         try:
             return fn()
-        except (TransportError, OSError) as e:
+        except (TransportError, OSError, TypeError) as e:
             if k == retries:
-                raise BoardError(f"the board did not answer ({type(e).__name__}: {e})") from e
+                raise BoardUnreachable(f"the board did not answer ({type(e).__name__}: {e})") from e
             time.sleep(0.2)
+            try:
+                session.t.enter_raw_repl(soft_reset=False, timeout_overall=3)
+            except Exception:                       # noqa: BLE001 - the next try reports it
+                pass
 
 
 def apply_checkpoint(model, ckpt):

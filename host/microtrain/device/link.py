@@ -363,6 +363,9 @@ class Link:
             junk = bytes(self._parser.junk)
             if junk.count(b"\x04") >= 2 and junk.rstrip().endswith(b">"):  # serve() returned or raised
                 text = junk.replace(b"\x04", b"").rstrip(b">").decode("utf-8", "replace").strip()
+                if "ImportError" in text and "microtrain" in text:
+                    raise BoardError("the board has no complete microtrain library (a push broke off?): "
+                                     "run `microtrain push` again")
                 raise BoardError(f"the board could not start the link session: {text or 'it returned at once'}")
         raise TimeoutError("no HELLO from the board session")
 
