@@ -3,6 +3,7 @@ push -> train (stream) -> telemetry -> pull -> evaluate.  Accuracy improves on h
 device and the pulled weights are byte-identical to the host simulation of the same samples."""
 
 import json
+import re
 import os
 
 import numpy as np
@@ -15,6 +16,7 @@ from microtrain.model import modelfile
 from microtrain.sim import simulator
 from microtrain.cli.demo import PRETRAINED, demo_data
 from microtrain.device.virtualboard import VirtualBoard
+from microtrain.board.telemetry import RING_RECORDS
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,9 @@ def test_convert_push_train_telemetry_pull_evaluate(board, tmp_path):
     before = invoke("evaluate", tmp_path / "device_test.npz", "--model", tmp_path / "imu.mtm", "--port", board.port)
     out = invoke("train", tmp_path / "device_train.npz", "--port", board.port, "--epochs", 3)
     assert "samples/s" in out and "bytes/sample" in out
+    # on a clean line every telemetry record of the run arrives while it trains
+    m = re.search(r"telemetry: (\d+) of (\d+) records received\n", out)
+    assert m and m.group(1) == m.group(2) and int(m.group(1)) >= 3 * len(xf), out
     after = invoke("evaluate", tmp_path / "device_test.npz", "--model", tmp_path / "imu.mtm", "--port", board.port)
     acc = lambda s: float(s.split("=")[1].split()[0])     # noqa: E731
     print("board accuracy", acc(before), "->", acc(after))
@@ -58,6 +63,12 @@ def test_convert_push_train_telemetry_pull_evaluate(board, tmp_path):
                  "--png", tmp_path / "t.png")
     records = [json.loads(l) for l in open(tmp_path / "t.jsonl")]
     assert sum(r["kind"] == "step" for r in records) > 0 and os.path.getsize(tmp_path / "t.png") > 1000
+    # a new host process gets what the ring still holds and says how many records it never saw
+    t = re.search(r"telemetry: (\d+) of (\d+) records received; (\d+) missed \(.*the board keeps the last (\d+)\)", out)
+    assert t, out
+    received, written, missed, ring = map(int, t.groups())
+    assert received == len(records) == ring == RING_RECORDS and missed == written - received
+    assert written >= int(m.group(2)) + 2             # this training's records and both evaluations
 
     invoke("pull", "--port", board.port, "--model", tmp_path / "imu.mtm", "-o", tmp_path / "trained.mtm")
     invoke("pull", "--port", board.port, "--model", tmp_path / "imu.mtm", "-o", tmp_path / "delta.npz", "--delta")

@@ -65,6 +65,17 @@ def typed(tc, data):
         return a
 
 
+def nonce16():
+    """A non-zero 16-bit number that differs from boot to boot (hardware randomness where the
+    port has os.urandom; else the microsecond clock)."""
+    try:
+        b = os.urandom(2)
+        n = b[0] | b[1] << 8
+    except (AttributeError, NameError, OSError):
+        n = ticks_us() & 0xFFFF
+    return n or 1
+
+
 def exists(path):
     try:
         stat(path)

@@ -30,7 +30,7 @@ from . import backend, modelfile
 from .model import load
 from .telemetry import RECORD_SIZE
 from .trainer import Trainer
-from ._compat import collect, mem_free, remove, stat
+from ._compat import collect, mem_free, nonce16, remove, stat
 
 try:
     from micropython import kbd_intr
@@ -59,7 +59,7 @@ try:
 except ImportError:
     json = None
 
-VERSION = 1
+VERSION = 2
 SYNC = b"\xeb\x90"
 HEAD_FMT = "<HBBi"          # after the sync: length, type, flags, seq; then the u16 header check
 HEAD_SIZE = 12
@@ -70,8 +70,9 @@ F_VALIDATION = 1            # SAMPLE flag
 F_FAILED = 1                # RESULT flag: the command raised
 F_FATAL = 1                 # ERROR flag: the sample was rejected (not applied), the host must stop
 NACK_CRC, NACK_GAP = 1, 2   # NACK flags
-HELLO_FMT = "<BBHBBiiIIHHHbi"  # version, native, in_size, classes, max classes, last_seq, ckpt_seq, steps,
-#                   samples, validation samples, checkpoint every, max payload, lr_shift, request (its seq; 0: unasked)
+HELLO_FMT = "<BBHBBiiIIHHHbiHI"  # version, native, in_size, classes, max classes, last_seq, ckpt_seq, steps,
+#   samples, validation samples, checkpoint every, max payload, lr_shift, request (its seq; 0: unasked),
+#   trainer id (new after a reset: telemetry record numbers start again), telemetry records written
 ACK_FMT = "<iI"             # ACK/NACK payload: seq of the last checkpoint, steps
 BANNER = b"raw REPL; CTRL-B to exit\r\n"
 TX_SIZE = 512
@@ -96,6 +97,7 @@ class _State:
         self.t = trainer
         self.key = key
         self.ckpt_seq = trainer.last_seq
+        self.id = nonce16()           # tells the host this is a new trainer (after a reset)
         self.last_cmd = None
         self.last_reply = None
         self.session = None
@@ -327,7 +329,8 @@ class Session:
         m = t.model
         head = struct.pack(HELLO_FMT, VERSION, 1 if backend.NAME == "native" else 0, m.in_size, m.n_classes,
                            m.max_classes, t.last_seq, st.ckpt_seq, t.steps, t.samples,
-                           min(t.val_n, t.val_capacity), self.every, self.cap, t.lr_shift, req)
+                           min(t.val_n, t.val_capacity), self.every, self.cap, t.lr_shift, req, st.id,
+                           t.telemetry.head)
         self._frame(HELLO, t.last_seq, head + "\n".join(m.labels).encode())
 
     # ---- the session ----
@@ -447,7 +450,7 @@ class Session:
             for i in range(first, tel.head):
                 off = (i % tel.capacity) * RECORD_SIZE
                 self._frame(TELEMETRY, i, memoryview(tel.buf)[off:off + RECORD_SIZE])
-            return {"records": tel.head - first}
+            return {"records": tel.head - first, "written": tel.head}
         elif name == "evaluate":
             acc = t.evaluate()
             return {"accuracy": acc, "right": t.last_eval[0], "total": t.last_eval[1], "steps": t.steps}

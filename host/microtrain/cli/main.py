@@ -237,6 +237,7 @@ def train_cmd(data, sensor, count, board_name, raw_per_unit, rate, port, model_p
         return
     if not data:
         _fail("give a DATA file (CSV, NPZ, WAV) or --sensor")
+    from microtrain.cli import report
     from microtrain.cli.report import progress_view
     from microtrain.cli.samples import load_samples
     from microtrain.device.link import Link
@@ -253,9 +254,11 @@ def train_cmd(data, sensor, count, board_name, raw_per_unit, rate, port, model_p
         for e in range(epochs):
             stats = link.stream(x, y, validation=validation, deadline=end - time.monotonic(),
                                 progress=lambda done, total, e=e: show(e * len(x) + done))
+        counts = link.telemetry_counts()
     click.echo(f"{stats['samples']} samples, {stats['samples_per_s']:.1f} samples/s, "
                f"{stats['bytes_per_sample']:.0f} bytes/sample on the wire "
                f"({100 * stats['payload_efficiency']:.0f}% payload), {stats['retransmissions']} retransmissions")
+    click.echo(report.counts_line(counts))
 
 
 @main.command()
@@ -274,7 +277,9 @@ def telemetry(port, follow, jsonl, csv_path, png, name):
         records = link.telemetry()
         if follow:
             records = report.live(link, records)
+        counts = link.telemetry_counts(whole=True)
     report.write_records(records, jsonl, csv_path, png)
+    click.echo(report.counts_line(counts))
 
 
 # ---------------------------------------------------------------------------------------------

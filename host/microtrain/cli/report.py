@@ -22,6 +22,16 @@ def live(link, records):
         return records
 
 
+def counts_line(c):
+    """One line on what the telemetry covers (Link.telemetry_counts)."""
+    from microtrain.board.telemetry import RING_RECORDS
+    line = f"telemetry: {c['received']} of {c['written']} records received"
+    if c["missed"]:
+        line += (f"; {c['missed']} missed (lost on the line, or overwritten before they were asked for: "
+                 f"the board keeps the last {RING_RECORDS})")
+    return line
+
+
 def table(records):
     from rich.table import Table
     t = Table("step", "kind", "loss", "ok", "us", "heap free", "value")

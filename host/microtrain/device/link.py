@@ -41,7 +41,8 @@ HELLO, SAMPLE, ACK, NACK, TELEMETRY, CMD, RESULT, ERROR, BYE = (proto.HELLO, pro
                                                                proto.TELEMETRY, proto.CMD, proto.RESULT,
                                                                proto.ERROR, proto.BYE)
 HELLO_FIELDS = ("version", "native", "in_size", "n_classes", "max_classes", "last_seq", "ckpt_seq", "steps",
-                "samples", "val_n", "checkpoint_every", "max_payload", "lr_shift", "request")
+                "samples", "val_n", "checkpoint_every", "max_payload", "lr_shift", "request", "trainer",
+                "telemetry_written")
 HELLO_SIZE = struct.calcsize(proto.HELLO_FMT)
 REPL_MARKS = (b"\x04>", b">>> ", b"raw REPL; CTRL-B", b"MicroPython v", b"Traceback (most recent")
 UNSAFE_AT_REPL = (2, 3, 4)       # Ctrl-B/C/D: bytes a probe frame avoids, in case no session reads it
@@ -200,7 +201,10 @@ class Link:
         self.errors = []              # non-fatal board errors (e.g. a failed checkpoint)
         self._tr = None
         self._parser = FrameParser()
-        self._telemetry = {}              # record index on the board -> record
+        self._telemetry = {}              # (trainer id, record index on the board) -> record
+        self._written = {}                # trainer id -> records it has written (as far as seen)
+        self._before = {}                 # trainer id -> records it had written when this link met it
+        self._trainers = []               # trainer ids in the order they were seen
         self._cmd_id = random.randrange(1, 1 << 30)
         self._up = self._down = 0
         self._in_session = False
@@ -290,8 +294,10 @@ class Link:
         out = []
         for f in frames:
             if f.type == TELEMETRY:           # seq: the ring index of the first record
+                trainer = self.hello["trainer"] if self.hello else 0
                 for k, o in enumerate(range(0, len(f.payload) - RECORD_SIZE + 1, RECORD_SIZE)):
-                    self._telemetry[f.seq + k] = decode(f.payload[o:o + RECORD_SIZE])
+                    self._telemetry[(trainer, f.seq + k)] = decode(f.payload[o:o + RECORD_SIZE])
+                self._note_written(trainer, f.seq + len(f.payload) // RECORD_SIZE)
             elif f.type == ERROR and not f.flags & proto.F_FATAL:
                 self.errors.append(f.payload.decode("utf-8", "replace"))
                 self.log("board: " + self.errors[-1])
@@ -315,6 +321,7 @@ class Link:
             raise LinkError(f"board speaks link protocol {info['version']}, this host {proto.VERSION}")
         self.hello = info
         self.hellos.append(info)
+        self._note_written(info["trainer"], info["telemetry_written"], first=True)
         self.last_seq, self.ckpt_seq, self.steps = info["last_seq"], info["ckpt_seq"], info["steps"]
         self._in_session = True
         return info
@@ -625,8 +632,27 @@ class Link:
         """Telemetry records, decoded (dicts, see microtrain.board.telemetry), oldest first: those
         received so far, and with fetch=True also what the board's ring still holds."""
         if fetch:
-            self.command("telemetry")
-        return [self._telemetry[i] for i in sorted(self._telemetry)]
+            r = self.command("telemetry")
+            self._note_written(self.hello["trainer"], r.get("written", 0))
+        order = {t: k for k, t in enumerate(self._trainers)}
+        return [self._telemetry[i] for i in sorted(self._telemetry, key=lambda i: (order[i[0]], i[1]))]
+
+    def telemetry_counts(self, whole=False):
+        """{'written', 'received', 'missed'}: telemetry records written by the board's trainers
+        while this link talked to them (a reset starts a new trainer; whole=True: also what they
+        wrote before), how many of them arrived, and how many did not: lost on the line, or
+        overwritten in the board's ring (it keeps the last RING_RECORDS) before this host asked."""
+        first = {t: 0 if whole else self._before[t] for t in self._trainers}
+        written = sum(self._written[t] - first[t] for t in self._trainers)
+        received = sum(1 for t, i in self._telemetry if i >= first[t])
+        return {"written": written, "received": received, "missed": written - received}
+
+    def _note_written(self, trainer, n, first=False):
+        if trainer not in self._written:
+            self._trainers.append(trainer)
+            self._written[trainer] = 0
+            self._before[trainer] = n if first else 0
+        self._written[trainer] = max(self._written[trainer], n)
 
     # ---- leaving ----
     def close(self):
