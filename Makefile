@@ -126,6 +126,7 @@ bench: setup natmods
 	$(PY) -m bench.training
 	$(PY) -m bench.link
 	$(PY) -m bench.board
+	$(PY) -m bench.reliability
 
 demo: setup natmods
 	$(VENV)/bin/microtrain demo --png demo-training.png

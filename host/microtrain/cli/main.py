@@ -248,11 +248,11 @@ def train_cmd(data, sensor, count, board_name, raw_per_unit, rate, port, model_p
     x, y, how = load_samples(data, model, label, kind)
     click.echo(f"{data}: {len(x)} samples of {x.shape[1]} values ({how})")
     deadline = deadline or 120.0 + 2.0 * len(x) * epochs
-    with Link(port, name, fresh=fresh) as link, progress_view("validation" if validation else "training",
-                                                              len(x) * epochs) as show:
-        end = time.monotonic() + deadline
-        for e in range(epochs):
-            stats = link.stream(x, y, validation=validation, deadline=end - time.monotonic(),
+    link = Link(port, name, fresh=fresh)
+    with link.deadline(deadline), link, progress_view("validation" if validation else "training",
+                                                      len(x) * epochs) as show:
+        for e in range(epochs):             # the deadline covers connecting and every epoch
+            stats = link.stream(x, y, validation=validation,
                                 progress=lambda done, total, e=e: show(e * len(x) + done))
         counts = link.telemetry_counts()
     click.echo(f"{stats['samples']} samples, {stats['samples_per_s']:.1f} samples/s, "

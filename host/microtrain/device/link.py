@@ -393,10 +393,10 @@ class Link:
                 self._start_session()
                 return self.hello
             except BoardError as e:
-                failures.append(str(e))
+                failures.append(str(e).strip().splitlines()[-1] if str(e).strip() else repr(e))
                 self.log(f"link: {e}")
                 garbled = "SyntaxError" in str(e) or "corrupted in transit" in str(e)
-                if not garbled and failures[-3:] == [str(e)] * 3:   # the same error each time: not line noise
+                if not garbled and failures[-3:] == [failures[-1]] * 3:   # the same error each time: not line noise
                     raise
                 self._close_port()
             except (TimeoutError, *SERIAL_ERRORS) as e:
