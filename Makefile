@@ -23,6 +23,7 @@ MPY_CROSS := $(MPY_DIR)/mpy-cross/build/mpy-cross
 BOARD_LIB_SRC := $(wildcard firmware/microtrain/*.py)
 BOARD_LIB := $(patsubst firmware/%.py,$(DIST)/lib/%.mpy,$(BOARD_LIB_SRC))
 HOST_KERNELS := $(BUILD)/host/libmtkernels_sanitized.so
+RP2040JS := $(BUILD)/rp2040js/node_modules/rp2040js/package.json
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 export MICROTRAIN_MPY_DIR := $(MPY_DIR)
@@ -33,7 +34,7 @@ export MICROTRAIN_BUILD := $(BUILD)
 
 all: natmods
 
-setup: $(BUILD)/.apt $(VENV)/.installed $(MPY_DIR)/py/py.mk
+setup: $(BUILD)/.apt $(VENV)/.installed $(MPY_DIR)/py/py.mk $(RP2040JS)
 
 $(BUILD)/.apt:
 	@mkdir -p $(BUILD)
@@ -42,6 +43,13 @@ $(BUILD)/.apt:
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
+	@touch $@
+
+# rp2040js (npm, pinned by firmware/rp2040/package-lock.json) for the emulated Pico
+$(RP2040JS): firmware/rp2040/package.json firmware/rp2040/package-lock.json | $(BUILD)/.apt
+	@command -v npm >/dev/null || { echo "node and npm are needed for the emulated Pico (apt-get install nodejs npm)"; exit 1; }
+	mkdir -p $(BUILD)/rp2040js && cp firmware/rp2040/package.json firmware/rp2040/package-lock.json $(BUILD)/rp2040js/
+	cd $(BUILD)/rp2040js && npm ci --silent --no-audit --no-fund
 	@touch $@
 
 $(VENV)/.installed: pyproject.toml

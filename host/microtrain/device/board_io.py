@@ -156,7 +156,8 @@ if %r:
     if _e(L):
         os.rename(L, O)
     os.rename(N, L)
-    _rm(O)
+    if _e(O):
+        _rm(O)
 print(_e(L))
 """
 
