@@ -135,6 +135,7 @@ bench: setup natmods
 	$(PY) -m bench.link
 	$(PY) -m bench.board
 	$(PY) -m bench.reliability
+	$(PY) -m bench.pico
 
 demo: setup natmods
 	$(VENV)/bin/microtrain demo --png demo-training.png
