@@ -27,3 +27,19 @@ def imu_reference(seed=0, classes=(0, 1, 2, 3), epochs=60):
     net.fit(Xp, yp, epochs=epochs, lr=3e-3, seed=seed)
     model = quantize.quantize(net, Xp, [IMU_CLASSES[c] for c in classes], name="imu")
     return net, model, (Xtr, ytr), (Xte, yte)
+
+
+@lru_cache(maxsize=2)
+def imu_wide(hidden=448, seed=0, classes=(0, 1, 2, 3), epochs=8):
+    """A model whose frozen weights alone outgrow a Pico's free heap: 1x100x6 -> Dense(hidden)
+    ReLU -> Dense(classes); 600 x 448 = 268,800 int8 weights in the first layer.  Pretrained on
+    BasicMotions like imu_reference.  Returns (QModel, (X_train, y_train))."""
+    X, y, _ = datasets.load_basic_motions()
+    (Xtr, ytr), _ = datasets.split(X, y, [0.75, 0.25], seed=seed)
+    keep = np.isin(ytr, classes)
+    remap = {c: i for i, c in enumerate(classes)}
+    Xp, yp = Xtr[keep], np.array([remap[v] for v in ytr[keep]])
+    net = floatnet.Net([floatnet.Dense(hidden, relu=True), floatnet.Dense(len(classes))],
+                       input_shape=(1, 100, 6), seed=seed)
+    net.fit(Xp, yp, epochs=epochs, lr=1e-3, seed=seed)
+    return quantize.quantize(net, Xp, [IMU_CLASSES[c] for c in classes], name="imu-wide"), (Xp, yp)

@@ -160,3 +160,47 @@ def test_power_cut_mid_stream_resumes_from_the_checkpoint_in_flash(pico, imu):
     state, last = board_state(pico.link)
     assert (last, state) == (STEPS - 1, imu["state"]), "a sample was lost or applied twice across the power cut"
     assert pico.starts >= 4
+
+
+def test_frozen_weights_beyond_the_free_heap_train_in_place(pico, tmp_path):
+    """A model whose frozen weights (268,800 B) outgrow the Pico's free heap: the planner counts
+    them only where the board reads them in place; push writes the UF2 that puts them in the
+    flash region; until it is flashed, load() says why it cannot; after it, the model trains in
+    place and learns the simulator's bytes."""
+    from microtrain.device import boards
+    from research import zoo
+    model, (X, y) = zoo.imu_wide()
+    policy = {"1": {"bias": True, "weights": 1.0}, "0": {"bias": True}}
+    pico_def = boards.get("rpi_pico")
+    with pytest.raises(planner.PlanError, match="weights read into the heap"):
+        planner.plan(model, policy, budget=pico_def.heap_bytes)             # a board that reads them into RAM
+    plan = planner.plan(model, policy, budget=pico_def.heap_bytes, weights_flash_bytes=pico_def.weights_flash_bytes)
+    assert plan.weights_in_flash and plan.frozen_bytes == 600 * 448 + 0 and "read in place" in plan.summary(model)
+    modelfile.save(str(tmp_path / "wide.mtm"), model, plan)
+    xq = np.asarray(model.quantize_input(X.reshape(len(X), -1))[:16], np.int8)
+    labels = np.asarray(y[:16], np.uint8)
+    np.savez(tmp_path / "wide.npz", x=xq, y=labels)
+    sim = simulator.Simulator(model, plan)
+    for x, label in zip(xq, labels):
+        sim.step(x, int(label))
+    import struct
+    state, rng, steps = sim.trainable_state()
+
+    mt, mp = os.path.join(BIN, "microtrain"), os.path.join(BIN, "mpremote")
+    out = run(mt, "push", tmp_path / "wide.mtm", "--port", pico.link, timeout=600)
+    uf2 = tmp_path / "wide.weights.uf2"
+    assert f"wrote {uf2}" in out and uf2.exists(), out
+    probe = ("import gc, microtrain\ngc.collect()\nfree = gc.mem_free()\ntry:\n    m = microtrain.load('model.mtm')\n"
+             "    print('LOADED', m.weights_in_flash, free)\nexcept MemoryError as e:\n    print('NOFIT', free, e)")
+    before = run(mp, "connect", pico.link, "resume", "exec", probe).strip()
+    assert before.startswith("NOFIT") and "do not fit the free heap" in before and ".weights.uf2" in before, before
+    assert int(before.split()[1]) < plan.frozen_bytes, "the heap would have held the weights: no proof"
+    pico.flash_uf2(str(uf2))                       # BOOTSEL + copy onto RPI-RP2, as the boot ROM does
+    out = run(mt, "push", tmp_path / "wide.mtm", "--port", pico.link)
+    assert "all up to date" in out and "read in place" in out, out     # the file system kept every file
+    after = run(mp, "connect", pico.link, "resume", "exec", probe).split()
+    assert after[:2] == ["LOADED", "True"], after
+    out = run(mt, "train", tmp_path / "wide.npz", "--port", pico.link, "--fresh")
+    assert "16 samples" in out, out
+    got, last = board_state(pico.link)
+    assert (last, got) == (15, state + struct.pack("<II", rng, steps)), "in-place training differs from the simulator"

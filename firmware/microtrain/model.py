@@ -1,12 +1,14 @@
 # A loaded model: layers with their integer parameters, and the int8 forward pass.
 #
-# Frozen weights stay in the bytes read from the model file (one buffer per section, viewed, not
-# copied); weights and biases that train are copied to RAM once.  The forward pass runs in
-# preallocated views of one arena: nothing per sample is allocated.
+# Frozen weights are read in place from memory-mapped flash where the board has it (flashmap:
+# the RP2040's XIP flash), else they stay in the bytes read from the model file (one buffer per
+# section, viewed, not copied); weights and biases that train are copied to RAM once.  The
+# forward pass runs in preallocated views of one arena: nothing per sample is allocated.
 
 import struct
 
 from . import backend
+from . import flashmap
 from . import modelfile
 from ._compat import const, typed
 
@@ -56,12 +58,33 @@ class Layer:
 class Model:
     """`microtrain.load(path)`: a model file's layers, ready for `predict`."""
 
-    def __init__(self, path):
+    def __init__(self, path, in_flash=True):
+        reg = flashmap.region() if in_flash else None
+        where = {}
         with open(path, "rb") as f:
-            sections = modelfile.read_sections(f)
+            sections = modelfile.read_sections(f, (modelfile.HOST_TAG, "WGHT") if reg else (modelfile.HOST_TAG,), where)
             f.seek(8)
             # the file's identity: the header CRC covers the section table, so every section's CRC
             self.id = struct.unpack("<I", f.read(4))[0]
+            self.weights_in_flash = False
+            if reg:
+                if "WGHT" not in where:
+                    raise modelfile.ModelFileError("section WGHT is missing")
+                off, n, crc = where["WGHT"]
+                view = flashmap.mapped(reg, self.id, n, crc)
+                if view is None:                  # not written to the region (yet): the heap
+                    f.seek(off)
+                    try:
+                        view = f.read(n)
+                    except MemoryError:
+                        raise MemoryError("the frozen weights (%d B) do not fit the free heap%s and are not in "
+                                          "this board's flash yet: flash the .weights.uf2 `microtrain push` "
+                                          "wrote" % (n, modelfile._free()))
+                    if view is None or len(view) != n:
+                        raise modelfile.ModelFileError("truncated file: section WGHT")
+                else:
+                    self.weights_in_flash = True
+                sections["WGHT"] = view
         info, layers, labels = modelfile.parse_layers(sections)
         self.n_layers, self.n_classes, h, w, c, self.in_zp, self.max_classes, _flags, self.in_scale = info
         self.input_shape = (h, w, c)
@@ -176,5 +199,7 @@ def argmax(probs):
     return at
 
 
-def load(path):
-    return Model(path)
+def load(path, in_flash=True):
+    """The model of a .mtm file.  in_flash: frozen weights read in place from memory-mapped
+    flash where the board has it (see flashmap); False reads them into the heap."""
+    return Model(path, in_flash)

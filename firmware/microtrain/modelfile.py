@@ -62,9 +62,9 @@ def _read_exact(f, n, what):
     return b
 
 
-def read_sections(f, skip=(HOST_TAG,)):
+def read_sections(f, skip=(HOST_TAG,), where=None):
     """{tag: bytes} of a model file object, every CRC checked; sections in `skip` are checked
-    and not kept."""
+    and not kept.  `where` (a dict) gets (offset, length, crc) of every section."""
     head = _read_exact(f, struct.calcsize(HEADER_FMT), "header")
     magic, version, n, crc = struct.unpack(HEADER_FMT, head)
     if magic != MAGIC:
@@ -99,21 +99,35 @@ def read_sections(f, skip=(HOST_TAG,)):
             crc = 0
             left = length
             while left:
-                chunk = _read_exact(f, min(left, 64), "section " + tag)
+                chunk = _read_exact(f, min(left, 256), "section " + tag)
                 crc = _crc(chunk, crc)
                 left -= len(chunk)
         else:
-            data = _read_exact(f, length, "section " + tag)
+            try:
+                data = _read_exact(f, length, "section " + tag)
+            except MemoryError:
+                raise MemoryError("section %s (%d B) does not fit the free heap%s" % (tag, length, _free()))
             crc = _crc(data)
         if crc != scrc:
             raise ModelFileError("section %s is corrupted (CRC mismatch)" % tag)
         if data is not None:
             sections[tag] = data
+        if where is not None:
+            where[tag] = (off, length, scrc)
         pos = off + length
     for tag in ("INFO", "LAYR", "WGHT", "BIAS", "QPAR"):
-        if tag not in sections:
+        if tag not in sections and tag not in skip:
             raise ModelFileError("section %s is missing" % tag)
     return sections
+
+
+def _free():
+    try:
+        import gc
+        gc.collect()
+        return " (%d B free)" % gc.mem_free()
+    except (ImportError, AttributeError):
+        return ""
 
 
 def _size(f, pos):

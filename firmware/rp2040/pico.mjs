@@ -5,8 +5,9 @@
 //                 --socket cdc.sock
 //
 // The flash file is the chip: it holds the whole 2 MB (firmware and file system). --image writes
-// the UF2's blocks into it, as dragging a UF2 onto the Pico's boot drive does; without --image
-// the board boots what the flash holds. Every erase and program goes straight to the file, so a
+// the UF2's blocks into it, as dragging a UF2 onto the Pico's boot drive does (each 4 KB sector a
+// block lands in is erased first, the rest of the flash stays); without --image the board boots
+// what the flash holds. Every erase and program goes straight to the file, so a
 // board killed at any instant (a power cut) leaves the flash as the chip would be.
 //
 // The USB host side (enumeration, DTR, the CDC endpoints) is rp2040js's USBCDC; its bytes go to
@@ -61,10 +62,14 @@ if (fs.existsSync(args.flash)) {
 if (args.image) {
   const uf2 = fs.readFileSync(args.image);
   let blocks = 0;
+  const erased = new Set();                          // as the boot ROM: a sector is erased when first written
   for (let off = 0; off + 512 <= uf2.length; off += 512) {
     if (uf2.readUInt32LE(off) !== 0x0a324655 || uf2.readUInt32LE(off + 4) !== 0x9e5d5157) continue;
     const addr = uf2.readUInt32LE(off + 12) - 0x10000000, size = uf2.readUInt32LE(off + 16);
     if (addr < 0 || addr + size > FLASH_BYTES || size > 476) throw new Error(`${args.image}: block ${blocks} out of flash`);
+    for (let sec = addr >> 12; sec <= (addr + size - 1) >> 12; sec++) {
+      if (!erased.has(sec)) { flash.fill(0xff, sec << 12, (sec + 1) << 12); erased.add(sec); }
+    }
     flash.set(uf2.subarray(off + 32, off + 32 + size), addr);
     blocks++;
   }

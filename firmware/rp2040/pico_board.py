@@ -206,6 +206,14 @@ class PicoBoard:
                         pass
                 self.proc = None
 
+    def flash_uf2(self, path):
+        """What holding BOOTSEL, plugging in and copying a UF2 onto the RPI-RP2 drive does: the boot
+        ROM writes the UF2's blocks (erasing each sector they touch), the rest of the flash stays,
+        the board boots again."""
+        self.kill()
+        self.image = path
+        return self.start()
+
     def restart(self):
         self.kill()
         return self.start()

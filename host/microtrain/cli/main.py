@@ -114,14 +114,15 @@ def convert(model, board_name, policy, lr, no_qas, calibration, labels, output):
         _fail(f"{model}: {e}")
     pol = json.loads(policy) if policy.strip().startswith("{") else policy
     try:
-        p = planner.plan(q, pol, lr=lr, qas=not no_qas, budget=board.heap_bytes, word_bytes=board.object_word_bytes)
+        p = planner.plan(q, pol, lr=lr, qas=not no_qas, budget=board.heap_bytes, word_bytes=board.object_word_bytes,
+                         weights_flash_bytes=board.weights_flash_bytes)
     except planner.PlanError as e:
         _fail(f"the plan does not fit {board.name}: {e}")
     output = output or os.path.splitext(model)[0] + ".mtm"
     n = modelfile.save(output, q, p)
     click.echo(f"{q.name}: {len(q.layers)} layers, {q.macs} MACs per inference, input {q.input_shape}")
     click.echo(p.summary(q))
-    click.echo(f"fits {board.name}: {p.peak_bytes} of {board.heap_bytes} B heap")
+    click.echo(f"fits {board.name}: {p.budget_bytes} of {board.heap_bytes} B heap")
     click.echo(f"wrote {output} ({n} bytes)")
 
 
@@ -190,6 +191,30 @@ def push(model, port, name, force):
             _fail(str(e))
     click.echo(f"{port}: {info['version'].split(';')[-1].strip()}, arch {info['arch']}, backend {backend}")
     click.echo(f"wrote {len(written)} files ({', '.join(written) or 'all up to date'}) in {time.time() - t0:.1f} s")
+    if data is not None and info.get("flash_region"):
+        _weights_in_flash(model, data, info["flash_region"])
+
+
+def _weights_in_flash(model, data, region):
+    """The board reads frozen weights in place from a flash region (RP2040): say whether it holds
+    this model's, and write the UF2 that puts them there when it does not."""
+    from microtrain.device import flashing
+    offset, size, held_id, _ = region
+    model_id = int.from_bytes(data[8:12], "little")
+    if held_id == model_id:
+        click.echo(f"frozen weights: in the board's flash at 0x{offset:x}, read in place")
+        return
+    try:
+        uf2 = flashing.weights_uf2(data, offset, size)
+    except flashing.FlashError as e:
+        click.echo(f"frozen weights: {e}; the board reads them into its heap")
+        return
+    out = os.path.splitext(model)[0] + ".weights.uf2"
+    with open(out, "wb") as f:
+        f.write(uf2)
+    click.echo(f"frozen weights: not in the board's flash yet; wrote {out} (flash offset 0x{offset:x}). "
+               f"Until it is flashed they are read into the heap. To flash: hold BOOTSEL, plug the Pico in, "
+               f"`microtrain flash --board rpi_pico {out}` (the firmware and the files stay)")
 
 
 # ---------------------------------------------------------------------------------------------

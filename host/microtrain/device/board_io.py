@@ -214,6 +214,10 @@ def install(session, dist, model_bytes=None, model_name="model.mtm", log=print, 
         backend = "python"
     if model_bytes is not None and _retry(session, lambda: session.replace(model_bytes, model_name), retries):
         written.append(model_name)
+    if model_bytes is not None:
+        # where frozen weights can be read in place (board flashmap): what that region holds
+        info["flash_region"] = _retry(session, lambda: session.eval(
+            "__import__('microtrain.flashmap').flashmap.state()"), retries)
     return written, backend, info
 
 

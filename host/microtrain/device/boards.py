@@ -34,6 +34,7 @@ class Board:
     clock_hz: int
     object_word_bytes: int
     flash_method: str
+    weights_flash_bytes: int = 0    # weights the board reads in place from flash (0: into the heap)
     usb_ids: list = field(default_factory=list)
     pins: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)

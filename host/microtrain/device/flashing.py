@@ -1,10 +1,13 @@
 """Writing MicroPython firmware to a board: RP2040 by copying a UF2 file to the RPI-RP2 drive
-(recognised by its INFO_UF2.TXT), ESP32-S3 through esptool's Python API."""
+(recognised by its INFO_UF2.TXT), ESP32-S3 through esptool's Python API; and the UF2 that puts a
+model's frozen weights in the RP2040's flash for the board to read in place (board flashmap)."""
 
 import getpass
 import glob
+import io
 import os
 import shutil
+import struct
 
 
 class FlashError(RuntimeError):
@@ -66,3 +69,50 @@ def flash_esptool(firmware, port, chip="esp32s3", offset=0, baud=460800):
     except Exception as e:           # noqa: BLE001 - esptool.FatalError, serial errors
         raise FlashError(f"esptool: {e}") from e
     return args
+
+
+# ---- frozen weights as a UF2 (read in place by firmware/microtrain/flashmap.py) --------------
+
+UF2_MAGIC = (0x0A324655, 0x9E5D5157, 0x0AB16F30)
+UF2_FLAG_FAMILY = 0x00002000
+RP2040_FAMILY = 0xE48BFF56
+XIP_BASE = 0x10000000
+UF2_PAYLOAD = 256
+
+
+def uf2_blocks(data, address, family=RP2040_FAMILY):
+    """`data` written at flash `address` (256-byte aligned), as UF2 blocks of 256 bytes."""
+    if address % UF2_PAYLOAD:
+        raise FlashError(f"UF2 data must start on a 256-byte page, not at 0x{address:x}")
+    data = bytes(data) + b"\xff" * (-len(data) % UF2_PAYLOAD)
+    n = len(data) // UF2_PAYLOAD
+    out = bytearray()
+    for i in range(n):
+        head = struct.pack("<8I", UF2_MAGIC[0], UF2_MAGIC[1], UF2_FLAG_FAMILY, address + i * UF2_PAYLOAD,
+                           UF2_PAYLOAD, i, n, family)
+        out += head + data[i * UF2_PAYLOAD:(i + 1) * UF2_PAYLOAD] + bytes(476 - UF2_PAYLOAD) \
+            + struct.pack("<I", UF2_MAGIC[2])
+    return bytes(out)
+
+
+def weights_image(model_bytes):
+    """(header + WGHT bytes as the board's flash region holds them, WGHT length) of a model file."""
+    from microtrain.board import flashmap, modelfile
+    where = {}
+    modelfile.read_sections(io.BytesIO(model_bytes), where=where)
+    _, length, crc = where["WGHT"]
+    off = where["WGHT"][0]
+    model_id = struct.unpack_from("<I", model_bytes, 8)[0]
+    header = struct.pack(flashmap.HEADER_FMT, flashmap.MAGIC, model_id, length, crc, 0)
+    header += b"\xff" * (flashmap.BLOCK - len(header))
+    return header + model_bytes[off:off + length], length
+
+
+def weights_uf2(model_bytes, region_offset, region_size):
+    """The UF2 that writes a model's frozen weights into the board's flash region (offset and
+    size as the board's flashmap.region() reports them)."""
+    image, length = weights_image(model_bytes)
+    if len(image) > region_size:
+        raise FlashError(f"the frozen weights ({length} B) do not fit this board's flash region "
+                         f"({region_size - 4096} B between the firmware and the file system)")
+    return uf2_blocks(image, XIP_BASE + region_offset)

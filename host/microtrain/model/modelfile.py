@@ -76,7 +76,8 @@ def _host_bytes(model, plan):
                        for l in model.layers]}
     if plan is not None:
         meta["plan"] = {"policy": plan.policy, "lr": plan.lr, "notes": list(plan.notes), "word_bytes": plan.word_bytes,
-                        "weight_bytes_ram": plan.weight_bytes_ram, "frozen_bytes": plan.frozen_bytes}
+                        "weight_bytes_ram": plan.weight_bytes_ram, "frozen_bytes": plan.frozen_bytes,
+                        "weights_bytes": plan.weights_bytes, "weights_in_flash": plan.weights_in_flash}
     return json.dumps(meta, separators=(",", ":")).encode()
 
 
@@ -186,6 +187,8 @@ def _plan(model, raw, meta, max_classes):
              raw["seed"], tuple(raw["class_add"]))
     p.notes = list(meta.get("notes", []))
     p.word_bytes = meta.get("word_bytes", 4)
+    p.weights_bytes = meta.get("weights_bytes", 0)
+    p.weights_in_flash = meta.get("weights_in_flash", False)
     p.n_backward = len(model.layers) - 1 - p.first_backward
     return p
 

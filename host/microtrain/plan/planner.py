@@ -108,8 +108,10 @@ class Plan:
             lines.append(f"  layer {t.layer} {l.op} {l.name}: " + ", ".join(what))
         lines.append(f"backward reaches layer {self.first_backward}; kept activations {self.kept}, masks {self.masks}")
         lines += [f"note: {n}" for n in self.notes]
+        where = ("stay in flash (read in place)" if self.weights_in_flash else
+                 f"are read into the heap with the model's {self.weights_bytes} B of weights")
         lines.append(f"RAM: training arena {self.arena_size} B, inference arena {self.inference_arena} B, "
-                     f"trainable weights {self.weight_bytes_ram} B; frozen weights {self.frozen_bytes} B stay in flash")
+                     f"trainable weights {self.weight_bytes_ram} B; frozen weights {self.frozen_bytes} B {where}")
         lines.append(f"peak training RAM (arena + trainable weights + ~{self.bookkeeping_bytes} B of objects): "
                      f"{self.peak_bytes} B")
         return "\n".join(lines)
@@ -128,6 +130,19 @@ class Plan:
     @property
     def peak_bytes(self):
         return self.arena_size + self.weight_bytes_ram + self.bookkeeping_bytes
+
+    weights_bytes: int = 0      # the model file's weights (section WGHT), every layer
+    weights_in_flash: bool = False   # the board reads them in place (flashmap), not into the heap
+
+    @property
+    def weights_ram_bytes(self):
+        """The model's weights in the heap: all of them unless the board reads them in place."""
+        return 0 if self.weights_in_flash else self.weights_bytes
+
+    @property
+    def budget_bytes(self):
+        """What the board's heap must hold: the training peak and the weights read into it."""
+        return self.peak_bytes + self.weights_ram_bytes
 
 
 POLICIES = 'sparse, bias-only, last-K (K = 1, 2, ...), full, or a JSON dict {"layer": {"bias": true, "weights": 0.5}}'
@@ -189,8 +204,12 @@ def resolve_policy(model, policy):
 
 
 def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=None, seed=0x2545F491,
-         val_capacity=8, replay_per_class=2, word_bytes=4):
-    """Build the training plan; raises PlanError if it needs more than `budget` bytes of RAM."""
+         val_capacity=8, replay_per_class=2, word_bytes=4, weights_flash_bytes=0):
+    """Build the training plan; raises PlanError if it needs more than `budget` bytes of RAM.
+
+    weights_flash_bytes: how many bytes of weights the board reads in place from flash (the
+    RP2040's flash region, board flashmap; 0 where the model's weights are read into the heap,
+    and then they count against the budget)."""
     spec = resolve_policy(model, policy)
     layers = model.layers
     max_classes = max_classes or model.n_classes + SPARE_CLASSES
@@ -298,27 +317,33 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
     p = Plan(str(policy) if not isinstance(policy, dict) else "custom", lr, qas, train, grads, first, kept, masks,
              buffers, arena, inference, ram_w, frozen, max_classes, seed)
     p.word_bytes = word_bytes
+    p.weights_bytes = sum(l.w.size for l in layers if l.op in PARAMETRIC and l.w is not None)
+    p.weights_in_flash = 0 < p.weights_bytes <= weights_flash_bytes
     p.n_backward = len(layers) - 1 - first
     p.notes = notes
     if cls.op == "conv" and cls.s_w is not None:
         from microtrain.model.fixedpoint import quantize_multiplier
         p.class_add = quantize_multiplier(float(cls.s_x / np.max(cls.s_w)))
-    if budget is not None and p.peak_bytes > budget:
-        raise PlanError(_suggest(model, p, budget, lr, qas))
+    if budget is not None and p.budget_bytes > budget:
+        raise PlanError(_suggest(model, p, budget, lr, qas, weights_flash_bytes))
     return p
 
 
-def _suggest(model, p, budget, lr, qas):
-    msg = f"the plan needs {p.peak_bytes} B of RAM, the board budget is {budget} B"
+def _suggest(model, p, budget, lr, qas, weights_flash_bytes):
+    msg = f"the plan needs {p.peak_bytes} B of RAM"
+    if p.weights_ram_bytes:
+        msg += f" + {p.weights_ram_bytes} B of weights read into the heap"
+    msg += f", the board budget is {budget} B"
     for alt in ("sparse", "last-1", "bias-only"):
         if alt == p.policy:
             continue
         try:
-            q = plan(model, alt, lr, qas, None, p.max_classes, word_bytes=p.word_bytes)
+            q = plan(model, alt, lr, qas, None, p.max_classes, word_bytes=p.word_bytes,
+                     weights_flash_bytes=weights_flash_bytes)
         except PlanError:
             continue
-        if q.peak_bytes <= budget:
-            return f"{msg}; policy {alt!r} fits ({q.peak_bytes} B)"
+        if q.budget_bytes <= budget:
+            return f"{msg}; policy {alt!r} fits ({q.budget_bytes} B)"
     return f"{msg}; no built-in policy fits: use a smaller model or a board with more RAM"
 
 
