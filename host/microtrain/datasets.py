@@ -54,8 +54,13 @@ def _package_dir(name):
 
 
 def basic_motions_files():
-    """Paths of (TRAIN, TEST) BasicMotions .ts files inside the installed aeon package."""
-    d = os.path.join(_package_dir("aeon"), "datasets", "data", "BasicMotions")
+    """Paths of (TRAIN, TEST) BasicMotions .ts files: inside the installed aeon package, else the
+    copy an installed microtrain carries (microtrain.data)."""
+    try:
+        d = os.path.join(_package_dir("aeon"), "datasets", "data", "BasicMotions")
+    except (ImportError, FileNotFoundError, AttributeError):
+        from microtrain import data
+        d = data.find("BasicMotions")
     paths = tuple(os.path.join(d, f"BasicMotions_{part}.ts") for part in ("TRAIN", "TEST"))
     for p in paths:
         if not os.path.exists(p):

@@ -14,13 +14,17 @@ import tempfile
 import time
 
 from microtrain.device import board_io
+from microtrain import data
 from microtrain import datasets
 from microtrain.model import modelfile
 from microtrain.plan import planner
 from microtrain.sim import simulator
 from microtrain.device import unixport
 
-EXAMPLES = os.path.join(unixport.repo_root(), "examples")
+try:
+    EXAMPLES = data.find("examples")
+except FileNotFoundError:
+    EXAMPLES = os.path.join(unixport.repo_root(), "examples")        # named when it is opened
 PRETRAINED = os.path.join(EXAMPLES, "imu_basic_motions.onnx")
 DEVICE_SEED = 3
 

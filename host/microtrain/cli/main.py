@@ -423,11 +423,11 @@ def virtual_board(board_name, flash_dir):
     board = B.get(board_name)
     with VirtualBoard(heap=f"{board.heap_bytes // 1024}K", flash_dir=flash_dir) as vb:
         click.echo(f"virtual board ({board.name} heap {board.heap_bytes // 1024} K) on {vb.port}")
-        click.echo(f"  flash: {vb.flash_dir}")
+        click.echo(f"  flash: {vb.flash}")
         click.echo(f"  try:   mpremote connect {vb.port} resume exec \"import sys; print(sys.implementation)\"")
         click.echo(f"         microtrain push model.mtm --port {vb.port}")
         try:
-            while vb.alive():
+            while vb.alive:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
@@ -440,7 +440,7 @@ def virtual_board(board_name, flash_dir):
 def demo(port, epochs, png):
     """The whole loop: (virtual) board, pretrained model, convert, push, stream, train, telemetry,
     accuracy before/after, pull — on BasicMotions IMU data seen through a new "device"."""
-    from microtrain.cli.main import run_demo
+    from microtrain.cli.demo import run_demo
     result = run_demo(port, epochs=epochs, png=png, echo=click.echo)
     if not result["bit_identical"]:
         _fail("the board's weights differ from the host simulation")

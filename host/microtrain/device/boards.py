@@ -15,10 +15,8 @@ MPY_ARCHS = {0: None, 1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 
 
 
 def boards_dir():
-    for d in (os.environ.get("MICROTRAIN_BOARDS"), os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(HERE))), "boards")):
-        if d and os.path.isdir(d):
-            return d
-    raise FileNotFoundError("board definitions not found (set MICROTRAIN_BOARDS to the boards/ folder)")
+    from microtrain import data
+    return data.find("boards")
 
 
 @dataclass

@@ -21,7 +21,13 @@ def repo_root():
 
 
 def dist_dir():
-    return os.environ.get("MICROTRAIN_DIST", os.path.join(repo_root(), "dist"))
+    """The board library and native modules: $MICROTRAIN_DIST, the checkout's dist/ or the
+    installed package's copy (microtrain.data)."""
+    from microtrain import data
+    try:
+        return data.find("dist")
+    except FileNotFoundError:
+        return os.environ.get("MICROTRAIN_DIST", os.path.join(repo_root(), "dist"))   # named in later errors
 
 
 def executable():
