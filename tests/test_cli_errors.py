@@ -239,3 +239,51 @@ def test_converter_fuzz(tmp_path):
                 print(ext, k, r.output[-300:], repr(r.exception))
     print(counts)
     assert all(c["other"] == 0 for c in counts.values()), counts
+
+
+def test_checkpoint_fuzz_through_pull(imu, tmp_path):
+    """Mutated checkpoint files on a virtual board through `microtrain pull`: the intact slot is
+    taken (with a note), a lone damaged one is refused in one clear line, and no mutant ever
+    yields tensors other than the trained ones."""
+    from microtrain.device.virtualboard import VirtualBoard
+    model, path, xq, yf, _ = imu
+    np.savez(tmp_path / "s.npz", x=xq[:10], y=yf[:10])
+    rng = np.random.default_rng(1617)
+    counts = {"tried": 0, "pulled": 0, "clear error": 0, "other": 0}
+    with VirtualBoard(heap="192K") as vb:
+        assert run("push", path, "--port", vb.port).exit_code == 0
+        assert run("train", tmp_path / "s.npz", "--port", vb.port).exit_code == 0
+        slots = [vb.path("model.ckpt.0"), vb.path("model.ckpt.1")]
+        live = [s for s in slots if os.path.exists(s)]
+        newest = max(live, key=os.path.getmtime)
+        good = open(newest, "rb").read()
+        r = run("pull", "--port", vb.port, "--model", path, "-o", tmp_path / "good.npz")
+        assert r.exit_code == 0, r.output
+        want = dict(np.load(tmp_path / "good.npz"))
+        for k, b in enumerate(_mutants(good, rng, 60)):
+            for s in slots:
+                if os.path.exists(s):
+                    os.remove(s)
+            keep_other = k % 4 == 3                   # now and then the older slot stays intact
+            with open(newest, "wb") as f:
+                f.write(b)
+            if keep_other:
+                other = slots[1] if newest == slots[0] else slots[0]
+                with open(other, "wb") as f:
+                    f.write(good)
+            out = tmp_path / f"p{k}.npz"
+            r = run("pull", "--port", vb.port, "--model", path, "-o", out)
+            counts["tried"] += 1
+            if r.exit_code == 0:
+                got = dict(np.load(out))
+                same = got.keys() == want.keys() and all(np.array_equal(got[t], want[t]) for t in want)
+                counts["pulled" if same else "other"] += 1
+                if keep_other and b != good:
+                    assert "passed over" in r.output, r.output
+            elif r.exit_code == 1 and "Traceback" not in r.output and "internal error" not in r.output:
+                counts["clear error"] += 1
+            else:
+                counts["other"] += 1
+                print(k, r.output[-300:], repr(r.exception))
+    print(counts)
+    assert counts["other"] == 0 and counts["clear error"] >= 30 and counts["pulled"] >= 10, counts

@@ -333,3 +333,18 @@ def test_digits_cnn_trains(digits):
     net = fn.digits_cnn(seed=0)
     net.fit(Xtr, ytr, epochs=10, lr=3e-3, batch_size=32, seed=0)
     assert net.accuracy(Xte, yte) >= 0.90
+
+
+def test_quantize_refuses_weights_that_overflow():
+    """A float model whose weights overflow float32 is a clear ValueError naming the layer, not a
+    model with NaN scales (and no RuntimeWarning on the way)."""
+    import warnings
+    from microtrain.convert import quantize
+    net = fn.digits_mlp(seed=0)
+    X = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype(np.float32)
+    net.layers[0].W[0, 0] = np.float32(3e38)
+    net.layers[0].W[0, 1] = np.float32(3e38)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="layer 0: its .* is not finite"):
+            quantize.quantize(net, X)

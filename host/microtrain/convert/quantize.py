@@ -31,7 +31,23 @@ def weight_scales(W):
 
 
 def quantize(net, X_calib, labels=(), name="model"):
+    """Post-training int8 quantization of a float net on calibration samples.  A net whose
+    weights or activations overflow float (inf / NaN ranges or scales) is a ValueError naming the
+    layer, not a model with garbage parameters."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _quantize(net, X_calib, labels, name)
+
+
+def _finite(i, what, *values):
+    for v in values:
+        if not np.all(np.isfinite(np.asarray(v, np.float64))):
+            raise ValueError(f"layer {i}: its {what} is not finite (the float model's weights or activations "
+                             "overflow): cannot quantize it")
+
+
+def _quantize(net, X_calib, labels, name):
     X = np.asarray(X_calib, dtype=np.float32).reshape((-1,) + tuple(net.input_shape))
+    _finite(0, "calibration input", X)
     acts = net.activations(X)
     s_in, z_in = activation_qparams(X.min(), X.max())
     s_x, z_x = s_in, z_in
@@ -58,6 +74,8 @@ def quantize(net, X_calib, labels=(), name="model"):
                 s_w = np.maximum(np.abs(l.W).max(axis=(0, 1)), 1e-8) / 127.0
                 wq = np.clip(np.round(l.W / s_w), -127, 127).astype(np.int8)
                 op, dr = "dwconv", False
+            _finite(i, "output range", a.min(), a.max(), s_y)
+            _finite(i, "weight scale or bias", s_w, l.b, s_x * s_w / s_y, np.asarray(l.b, np.float64) / (s_w * s_x))
             bq = np.clip(np.round(np.asarray(l.b, np.float64) / (s_w * s_x)), -(1 << 31), (1 << 31) - 1).astype(np.int32)
             mult, shift = quantize_multipliers(s_x * s_w / s_y)
             q = QLayer(op, g, s_x, z_x, s_y, z_y, amin, 127, wq.ravel(), bq, s_w.astype(np.float64), mult, shift,
