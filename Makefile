@@ -154,6 +154,7 @@ bench: setup natmods
 	$(PY) -m bench.board
 	$(PY) -m bench.reliability
 	$(PY) -m bench.pico
+	$(PY) -m bench.reliability --board pico --rates 1e-3 --trials 1 --epochs 1 --deadline 120
 
 demo: setup natmods
 	$(VENV)/bin/microtrain demo --png demo-training.png

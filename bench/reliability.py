@@ -13,6 +13,11 @@ Rates: drop/flip/dup per byte (both directions), garbage/delay per chunk the pro
 Writes bench/reliability.json.
 
     python -m bench.reliability [--rates 1e-4,1e-3,1e-2] [--trials 2] [--deadline 40]
+    python -m bench.reliability --board pico --rates 1e-3 --trials 1 --epochs 1 --deadline 90
+
+--board pico runs the same trials on official MicroPython 1.27 on the emulated RP2040 (firmware/rp2040,
+each trial from a copy of one flash file with the library and model pushed), a power cut for the
+reset; it writes bench/reliability_pico.json.
 """
 
 import argparse
@@ -86,17 +91,43 @@ def board_state(port):
     return binascii.unhexlify(hexed), int(last), int(steps)
 
 
-def trial(work, folder, kind, rate, seed, deadline):
+def virtual_board(work, folder):
+    """A fresh virtual board with the library and the model on its flash."""
+    vb = VirtualBoard(heap="192K")
+    vb.install(LIB)
+    modelfile.save(vb.path("model.mtm"), work.model, work.plan)
+    return vb.start()
+
+
+class EmulatedPico:
+    """Fresh emulated Picos (official MicroPython 1.27 on rp2040js): the library and the model are
+    pushed once into a flash file, and every trial starts from a copy of it."""
+
+    def __init__(self, work, folder):
+        sys.path.insert(0, os.path.join(ROOT, "firmware", "rp2040"))
+        from pico_board import PicoBoard
+        from microtrain.device import board_io
+        self.PicoBoard = PicoBoard
+        self.pristine = os.path.join(folder, "pico-flash.bin")
+        with PicoBoard(flash=self.pristine) as b, board_io.Session(b.port) as s:
+            board_io.install(s, os.path.dirname(os.path.dirname(LIB)), modelfile.to_bytes(work.model, work.plan),
+                             log=lambda *a: None)
+
+    def __call__(self, work, folder):
+        import shutil
+        flash = os.path.join(folder, "trial-flash.bin")
+        shutil.copyfile(self.pristine, flash)
+        return self.PicoBoard(flash=flash, image=None).start()
+
+
+def trial(work, folder, kind, rate, seed, deadline, board=virtual_board):
     """One CLI run through the proxy; returns its record."""
     p = dict(drop=0, flip=0, dup=0, garbage=0, delay=0, reorder=0)
     if kind in RATE_KINDS:
         p[kind] = rate
-    vb = VirtualBoard(heap="192K")
+    vb = board(work, folder)
     proxy = None
     try:
-        vb.install(LIB)
-        modelfile.save(vb.path("model.mtm"), work.model, work.plan)
-        vb.start()
         proxy = FaultProxy(vb.port, os.path.join(folder, "ttyFAULT"), seed=seed, **p)
         cmd = [os.path.join(BIN, "microtrain"), "train", os.path.join(folder, "samples.npz"), "--port",
                proxy.link, "--epochs", str(work.epochs), "--deadline", str(deadline)]
@@ -151,15 +182,17 @@ def trial(work, folder, kind, rate, seed, deadline):
 
 
 def campaign(rates=(1e-4, 1e-3, 1e-2), trials=2, deadline=40.0, kinds=RATE_KINDS + EVENT_KINDS, epochs=4,
-             log=print):
+             log=print, board="virtual"):
     work = Workload(epochs=epochs)
     records = []
     with tempfile.TemporaryDirectory() as folder:
         work.files(folder)
+        make = EmulatedPico(work, folder) if board == "pico" else virtual_board
         for kind in kinds:
             for rate in (rates if kind in RATE_KINDS else (None,)):
                 for seed in range(trials):
-                    r = trial(work, folder, kind, rate, seed, deadline)
+                    r = trial(work, folder, kind, rate, seed, deadline, make)
+                    r["board"] = board
                     shown = "" if rate is None else f"{rate:g}"
                     log(f"{kind:10} {shown:7} seed {seed}: {r['outcome']:11} "
                         f"{'WRONG STATE ' if r['wrong_state'] else ''}steps {r['steps']} faults {r['faults']} "
@@ -187,16 +220,20 @@ def main():
     ap.add_argument("--rates", default="1e-4,1e-3,1e-2")
     ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--deadline", type=float, default=40.0)
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "reliability.json"))
+    ap.add_argument("--board", choices=["virtual", "pico"], default="virtual",
+                    help="virtual: the unix port; pico: official MicroPython 1.27 on the emulated RP2040")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--out")
     a = ap.parse_args()
-    records = campaign([float(v) for v in a.rates.split(",")], a.trials, a.deadline)
+    out = a.out or os.path.join(ROOT, "bench", "reliability.json" if a.board == "virtual" else "reliability_pico.json")
+    records = campaign([float(v) for v in a.rates.split(",")], a.trials, a.deadline, epochs=a.epochs, board=a.board)
     rows = summary(records)
     for s in rows:
         rate = "" if s["rate"] is None else f"{s['rate']:g}"
         print(f"{s['kind']:10} {rate:7} {s['trials']} trials: "
               f"{s['finished']} finished, {s['clear_error']} clear error, {s['other']} other, "
               f"{s['wrong_state']} wrong state, max {s['max_seconds']:.1f} s")
-    write_records(a.out, [{"summary": rows, "trials": records}])
+    write_records(out, [{"summary": rows, "trials": records}])
 
 
 if __name__ == "__main__":

@@ -214,11 +214,18 @@ class PicoBoard:
         self.image = path
         return self.start()
 
+    def wait_alive(self, timeout=10.0):
+        end = time.monotonic() + timeout
+        while not self.alive and time.monotonic() < end:
+            time.sleep(0.05)
+        return self.alive
+
     def restart(self):
         self.kill()
         return self.start()
 
     def close(self):
+        """Power off for good: the emulator, the pty, a temporary flash file."""
         self._stop.set()
         self.kill()
         self._thread.join(5)
@@ -232,6 +239,8 @@ class PicoBoard:
         if self._tmp:
             import shutil
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+    stop = close                                    # as VirtualBoard
 
     # ---- the emulator's counters ----
     def command(self, cmd):
