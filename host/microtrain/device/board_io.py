@@ -216,8 +216,10 @@ def install(session, dist, model_bytes=None, model_name="model.mtm", log=print, 
         written.append(model_name)
     if model_bytes is not None:
         # where frozen weights can be read in place (board flashmap): what that region holds
-        info["flash_region"] = _retry(session, lambda: session.eval(
-            "__import__('microtrain.flashmap').flashmap.state()"), retries)
+        def region():
+            session.exec("from microtrain import flashmap as _mt_flashmap")
+            return session.eval("_mt_flashmap.state()")
+        info["flash_region"] = _retry(session, region, retries)
     return written, backend, info
 
 
