@@ -47,10 +47,14 @@ BIN = os.path.dirname(sys.executable)
 LIB = os.path.join(os.environ.get("MICROTRAIN_DIST", os.path.join(ROOT, "dist")), "lib", "microtrain")
 RATE_KINDS = ("drop", "flip", "dup", "garbage", "delay")
 EVENT_KINDS = ("disconnect", "reset")
+# the board's trainable bytes; NOSESSION when no session ever started (nothing trained, nothing to read)
 STATE_CODE = ("import microtrain.link as L, struct, binascii\n"
               "t = L.trainer()\n"
-              "b = b''.join(bytes(v) for _, v in t._state_blobs()) + struct.pack('<II', t.rng[0], t.steps)\n"
-              "print('STATE', binascii.hexlify(b).decode(), t.last_seq, t.steps)\n")
+              "if t is None:\n"
+              "    print('NOSESSION')\n"
+              "else:\n"
+              "    b = b''.join(bytes(v) for _, v in t._state_blobs()) + struct.pack('<II', t.rng[0], t.steps)\n"
+              "    print('STATE', binascii.hexlify(b).decode(), t.last_seq, t.steps)\n")
 
 
 class Workload:
@@ -84,6 +88,8 @@ class Workload:
 def board_state(port):
     r = subprocess.run([os.path.join(BIN, "mpremote"), "connect", port, "resume", "exec", STATE_CODE],
                        capture_output=True, text=True, timeout=60)
+    if "NOSESSION" in r.stdout.split():
+        return None, -1, 0                    # the board never started a session: it learned nothing
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("STATE ")]
     if not line:
         return None
@@ -172,8 +178,8 @@ def trial(work, folder, kind, rate, seed, deadline, board=virtual_board):
     steps = None
     if state is not None:
         blob, last, steps = state
-        wrong = not (steps <= work.total and blob == work.states[steps] and last == steps - 1
-                     and (outcome != "finished" or steps == work.total))
+        wrong = not (steps <= work.total and (blob == work.states[steps] or blob is None and steps == 0)
+                     and last == steps - 1 and (outcome != "finished" or steps == work.total))
     faults = sum(v for k, v in counts.items() if k != "reordered")
     return {"kind": kind, "rate": rate if kind in RATE_KINDS else None, "seed": seed, "outcome": outcome,
             "wrong_state": wrong, "state_read": state is not None, "steps": steps, "seconds": round(seconds, 2), "faults": faults,
