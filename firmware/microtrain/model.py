@@ -8,7 +8,6 @@
 import struct
 
 from . import backend
-from . import flashmap
 from . import modelfile
 from ._compat import const, typed
 
@@ -59,7 +58,7 @@ class Model:
     """`microtrain.load(path)`: a model file's layers, ready for `predict`."""
 
     def __init__(self, path, in_flash=True):
-        reg = flashmap.region() if in_flash else None
+        reg = _flash_region() if in_flash else None
         where = {}
         with open(path, "rb") as f:
             sections = modelfile.read_sections(f, (modelfile.HOST_TAG, "WGHT") if reg else (modelfile.HOST_TAG,), where)
@@ -70,6 +69,7 @@ class Model:
             if reg:
                 if "WGHT" not in where:
                     raise modelfile.ModelFileError("section WGHT is missing")
+                from . import flashmap
                 off, n, crc = where["WGHT"]
                 view = flashmap.mapped(reg, self.id, n, crc)
                 if view is None:                  # not written to the region (yet): the heap
@@ -197,6 +197,15 @@ def argmax(probs):
         if v > best:
             best, at = v, i
     return at
+
+
+def _flash_region():
+    # only the RP2040 maps its flash; elsewhere the flashmap module is not even loaded (heap)
+    import sys
+    if sys.platform != "rp2":
+        return None
+    from . import flashmap
+    return flashmap.region()
 
 
 def load(path, in_flash=True):
