@@ -17,21 +17,12 @@ HOSTPORT = os.path.join(BUILD, "hostport", "micropython-host")
 
 
 def _shared_models():
-    """The project's shared models (../shared/models beside the checkout).  A clone elsewhere
-    (CI clones main into a fresh folder) finds them beside the repository it was cloned from;
-    MICROTRAIN_SHARED overrides both."""
-    roots = [os.environ.get("MICROTRAIN_SHARED"), os.path.join(os.path.dirname(ROOT), "shared")]
+    """The project's shared models (tools/shared.py); named in the failure message when absent."""
+    from tools.shared import shared_dir
     try:
-        origin = subprocess.run(["git", "-C", ROOT, "config", "--get", "remote.origin.url"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        origin = ""
-    if origin and os.path.isdir(origin):                 # a clone of a local repository
-        roots.append(os.path.join(os.path.dirname(os.path.abspath(origin)), "shared"))
-    for r in roots:
-        if r and os.path.isdir(os.path.join(r, "models")):
-            return os.path.join(r, "models")
-    return os.path.join(os.path.dirname(ROOT), "shared", "models")   # named in the failure message
+        return shared_dir("models")
+    except FileNotFoundError:
+        return os.path.join(os.path.dirname(ROOT), "shared", "models")
 
 
 SHARED_MODELS = _shared_models()

@@ -36,22 +36,11 @@ CLOCK_HZ = 125_000_000
 
 
 def shared_firmware():
-    """../shared/firmware/rp2040 beside the checkout (or beside the repository it was cloned
-    from, as CI clones main); MICROTRAIN_SHARED overrides."""
-    roots = [os.environ.get("MICROTRAIN_SHARED"), os.path.join(os.path.dirname(REPO), "shared")]
-    try:
-        origin = subprocess.run(["git", "-C", REPO, "config", "--get", "remote.origin.url"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        origin = ""
-    if origin and os.path.isdir(origin):
-        roots.append(os.path.join(os.path.dirname(os.path.abspath(origin)), "shared"))
-    for r in roots:
-        d = r and os.path.join(r, "firmware", "rp2040")
-        if d and os.path.isdir(d):
-            return d
-    raise FileNotFoundError("the shared firmware folder (shared/firmware/rp2040) is not beside this checkout; "
-                            "set MICROTRAIN_SHARED to the folder that holds firmware/rp2040")
+    """../shared/firmware/rp2040 (tools/shared.py finds the shared folder)."""
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from tools.shared import shared_dir
+    return shared_dir(os.path.join("firmware", "rp2040"))
 
 
 def official_uf2():
