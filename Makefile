@@ -58,7 +58,7 @@ $(RP2040JS): firmware/rp2040/package.json firmware/rp2040/package-lock.json | $(
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev,plot]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev,plot,federated]'
 	@# aeon only for the BasicMotions files it ships (its numba pin would downgrade numpy)
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps aeon==1.6.0
 	@touch $@
@@ -154,6 +154,7 @@ bench: setup natmods
 	$(PY) -m bench.board
 	$(PY) -m bench.reliability
 	$(PY) -m bench.pico
+	$(PY) -m bench.federated --boards 100 --rounds 3
 	$(PY) -m bench.reliability --board pico --rates 1e-3 --trials 1 --epochs 1 --deadline 120
 
 demo: setup natmods

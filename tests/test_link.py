@@ -130,6 +130,24 @@ def test_frame_parser_resynchronises_after_garbage_and_corruption():
 # (a) bit-exact over the wire
 
 
+def test_command_ids_are_new_and_harmless_at_a_repl_from_any_last_id(monkeypatch):
+    """Whatever the last id (here the start of 2^24 ids whose top byte is Ctrl-B), the next command
+    frame is found in a few draws, holds no Ctrl-B/C/D and differs from the last id (the board
+    answers a repeated id from its cache).  Counting up from the last id used to spin here."""
+    import microtrain.device.link as L
+    calls = []
+    real = L.frame
+    monkeypatch.setattr(L, "frame", lambda *a, **k: calls.append(1) or real(*a, **k))
+    link = Link("/dev/null-not-opened")
+    for last in (0x02000000, 0x03FFFFFF, 0x00020000, 7):
+        link._cmd_id = last
+        calls.clear()
+        cid, data = link._next_command("checkpoint")
+        assert cid != last and len(calls) < 50
+        assert not any(b in L.UNSAFE_AT_REPL for b in data)
+        assert FrameParser().feed(data)[0].seq == cid
+
+
 def test_stream_trains_bit_identically_to_the_simulator(board, imu):
     with Link(board.port, checkpoint_every=16, timeout=0.5) as link:
         assert link.hello["version"] == proto.VERSION and link.hello["in_size"] == 600

@@ -458,6 +458,11 @@ class Session:
             t.rollback(reason="host")
             st.ckpt_seq = t.last_seq
             self.since = 0
+        elif name == "reload":              # the host wrote a checkpoint (a federated round's global)
+            t.store.scanned = False
+            t.resume()
+            st.ckpt_seq = t.last_seq
+            self.since = 0
         elif name == "clear_validation":
             t.val_n = 0
             try:

@@ -446,5 +446,8 @@ def demo(port, epochs, png):
         _fail("the board's weights differ from the host simulation")
 
 
+from microtrain.cli.federate import federate  # noqa: E402  (imports neither numpy nor Flower)
+main.add_command(federate)
+
 if __name__ == "__main__":
     sys.exit(main())

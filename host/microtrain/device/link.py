@@ -46,6 +46,7 @@ HELLO_FIELDS = ("version", "native", "in_size", "n_classes", "max_classes", "las
 HELLO_SIZE = struct.calcsize(proto.HELLO_FMT)
 REPL_MARKS = (b"\x04>", b">>> ", b"raw REPL; CTRL-B", b"MicroPython v", b"Traceback (most recent")
 UNSAFE_AT_REPL = (2, 3, 4)       # Ctrl-B/C/D: bytes a probe frame avoids, in case no session reads it
+MAX_ACK_TIMEOUT = 20.0      # s: however slow the board seemed (a stall inflates its measured pace)
 SERIAL_ERRORS = (serial.SerialException, OSError, TransportError, struct.error)
 
 
@@ -354,7 +355,7 @@ class Link:
             self.model_path, self.checkpoint_path, self.checkpoint_every, self.idle_timeout, check, fresh)
         self._parser.reset()
         self._quietly(tr.exec_raw_no_follow, cmd)
-        end = time.monotonic() + self.start_timeout
+        end = self._until(self.start_timeout)
         ask = time.monotonic() + 0.5
         asked = [0]
         while time.monotonic() < end:
@@ -374,6 +375,7 @@ class Link:
                     raise BoardError("the board has no complete microtrain library (a push broke off?): "
                                      "run `microtrain push` again")
                 raise BoardError(f"the board could not start the link session: {text or 'it returned at once'}")
+        self._check_deadline("starting the board's link session")
         raise TimeoutError("no HELLO from the board session")
 
     def _reconnect(self, why, count=True):
@@ -423,6 +425,12 @@ class Link:
             self._reconnect("no session")
 
     # ---- streaming ----
+    def _until(self, seconds):
+        """The monotonic time `seconds` from now, or the overall deadline if that comes first: every
+        wait of the link ends there, so a DeadlineError comes on time (not after a long ack timeout)."""
+        end = time.monotonic() + seconds
+        return end if self._deadline is None else min(end, self._deadline)
+
     def _check_deadline(self, doing):
         if self._deadline is not None and time.monotonic() > self._deadline:
             raise DeadlineError(f"gave up at the deadline while {doing}")
@@ -568,29 +576,25 @@ class Link:
 
     def _ack_timeout(self):
         """`timeout`, or longer for a board that takes long per sample (pure-Python kernels)."""
-        return max(self.timeout, 4 * self._pace * self.window ** 0.5)
+        return min(max(self.timeout, 4 * self._pace * self.window ** 0.5), MAX_ACK_TIMEOUT)
 
     # ---- commands ----
     def command(self, name, timeout=None):
         """Run a board command: "checkpoint", "evaluate", "stats", "rollback", "clear_validation",
-        "telemetry" (re-send the records the board still holds).
+        "telemetry" (re-send the records the board still holds), "reload" (take the newest checkpoint
+        the host wrote, e.g. a federated round's global).
         Resent until answered; the board runs each command id once.  Returns the result dict."""
         if name in ("bye", "close"):
             self.close()
             return {}
         self._ensure()
-        while True:                       # an id whose frame is harmless should a REPL read it
-            self._cmd_id = self._cmd_id % ((1 << 30) - 1) + 1
-            cid = self._cmd_id
-            data = frame(CMD, cid, name.encode())
-            if not any(b in UNSAFE_AT_REPL for b in data):
-                break
+        cid, data = self._next_command(name)
         wait = timeout or max(self._ack_timeout(), 2.0)
         misses = 0
         while True:
             try:
                 self._write(data)
-                end = time.monotonic() + wait
+                end = self._until(wait)
                 while time.monotonic() < end:
                     for f in self._receive(0.02):
                         if f.type == RESULT and f.seq == cid:
@@ -616,6 +620,16 @@ class Link:
                     self._close_port()
                 self._reconnect(str(e) or type(e).__name__)
                 misses = 0
+
+    def _next_command(self, name):
+        """A new command id and its frame, harmless should a REPL read it: a random draw (counting
+        up from the last id could meet 2^24 ids in a row with a Ctrl-B/C/D byte: a CPU-bound
+        spin of a minute, found as a stall under load)."""
+        while True:
+            cid, data = _safe_nonce(CMD, name.encode())
+            if cid != self._cmd_id:
+                self._cmd_id = cid
+                return cid, data
 
     def evaluate(self, samples, labels, capacity=8):
         """How many of the labelled samples the board's model gets right: `capacity` at a time

@@ -82,8 +82,8 @@ class Simulator:
                 break
             g, e = gx, ex
         self.steps += 1
-        p = (int(probs[label]) + 128) / 256.0
-        return -math.log(max(p, 1.0 / 512))
+        self.last_p = int(probs[label]) + 128        # the label's probability in 1/256, as the board's
+        return -math.log(max(self.last_p / 256.0, 1.0 / 512))
 
     # ---- state ----
     def trainable_state(self):

@@ -1,0 +1,213 @@
+"""The boards a federated client drives, one interface: `model()` (what the board holds now),
+`load(model, parts)` (take the global's elements of a layout, keep everything else, personal
+layers included), `train(x, y, epochs)`, `evaluate(x, y)`.
+
+SimulatedBoard   the numpy simulator (microtrain.sim): the board step for step, bit for bit; the
+                 simulation engine's 100+ boards.
+SerialBoard      a board behind a serial port (a Pico, the virtual board, the emulated M0): the
+                 global goes in as a checkpoint written beside the board's own, the board's link
+                 session takes it (`reload`), samples stream over the framed link (each applied
+                 once), and the update comes back in the checkpoint the stream ends with.  A board
+                 that fails mid-round keeps its last complete checkpoint (two slots).  Only its
+                 training sessions checkpoint (every CHECKPOINT_EVERY samples and at the end), so
+                 its divergence guard acts at the same steps as the simulated board's.
+"""
+
+import io
+import time
+
+import numpy as np
+
+from microtrain.board import checkpoint as ckpt_format
+from microtrain.federated import exchange
+from microtrain.model import modelfile
+from microtrain.sim.simulator import Simulator
+
+
+CHECKPOINT_EVERY = 16      # a round's training stream checkpoints every 16 samples and at its end
+
+
+class SimulatedBoard:
+    """The simulator with the board trainer's own guard around it, step for step: the loaded
+    global is a checkpoint, the training stream checkpoints every CHECKPOINT_EVERY samples and
+    at its end, and the running error climbing past half-way from its best since the last
+    checkpoint to the worst rolls back to that checkpoint and halves the learning rate
+    (firmware/microtrain/trainer.py `_watch`)."""
+
+    MIN_LR_SHIFT = -12
+
+    def __init__(self, model, plan):
+        self.plan = plan
+        self.sim = Simulator(model, plan)
+        self.port = "simulated"
+        self.loss_avg = self.best_avg = None
+        self.since_ckpt = 0
+        self.ckpt = None              # (model, rng, steps, lr_shift) of the newest checkpoint
+
+    def model(self):
+        return self.sim.model
+
+    def _checkpoint(self):
+        s = self.sim
+        self.ckpt = (s.model.copy(), s.rng, s.steps, s.lr_shift)
+
+    def load(self, model, parts):
+        """As the board: the global's elements written into a checkpoint, which the trainer takes."""
+        w, b = exchange.take(model, parts)
+        self.sim.model = exchange.put(self.sim.model, parts, w, b)
+        self._checkpoint()
+
+    def _watch(self, err):
+        a = (err << 3) if self.loss_avg is None else self.loss_avg - (self.loss_avg >> 3) + err
+        self.loss_avg = a
+        self.since_ckpt += 1
+        if self.best_avg is None or a < self.best_avg:
+            self.best_avg = a
+        elif self.since_ckpt > 8 and a > self.best_avg + ((2048 - self.best_avg) >> 1) and self.ckpt is not None:
+            s = self.sim
+            lr = s.lr_shift
+            m, s.rng, s.steps, ck_lr = self.ckpt
+            s.model = m.copy()
+            s.lr_shift = max(min(lr, ck_lr) - 1, self.MIN_LR_SHIFT)
+            self.loss_avg = self.best_avg = None
+
+    def _link_checkpoint(self):               # the trainer's checkpoint(), as the link calls it
+        self._checkpoint()
+        self.best_avg = self.loss_avg
+        self.since_ckpt = 0
+
+    def train(self, x, y, epochs=1):
+        t0 = time.perf_counter()
+        losses = []
+        for _ in range(epochs):               # one stream per epoch, in one link session
+            since = 0
+            for xi, yi in zip(x, y):
+                losses.append(self.sim.step(xi, int(yi)))
+                self._watch(256 - self.sim.last_p)
+                since += 1
+                if since >= CHECKPOINT_EVERY:
+                    self._link_checkpoint()
+                    since = 0
+            self._link_checkpoint()           # the stream's closing checkpoint
+        n = len(losses)
+        return {"samples": n, "loss": float(np.mean(losses)) if n else 0.0,
+                "step_ms": 1000 * (time.perf_counter() - t0) / max(n, 1)}
+
+    def evaluate(self, x, y):
+        return self.sim.evaluate(x, y) if len(y) else 0.0
+
+    def close(self):
+        pass
+
+
+class SerialBoard:
+    """`model_path`: the host's copy of the model file pushed to the board as `name`."""
+
+    def __init__(self, port, model_path, name="model.mtm", deadline=None, log=lambda *a: None):
+        with open(model_path, "rb") as f:
+            self.model_bytes = f.read()
+        self.base, self.plan = modelfile.from_bytes(self.model_bytes)
+        self.port, self.name, self.deadline, self.log = port, name, deadline, log
+        self.ckpt_path = name.rsplit(".", 1)[0] + ".ckpt"
+
+    # ---- the board's state, through its checkpoint ----
+    def _newest(self, session):
+        from microtrain.device.board_io import BoardError, model_id, read_checkpoint
+        try:
+            ck = read_checkpoint(session, self.ckpt_path)
+        except BoardError as e:
+            if "no usable checkpoint" in str(e) and "skipped" not in str(e) and ": train first" in str(e):
+                return None
+            raise
+        if ck["model_id"] != model_id(self.model_bytes):
+            raise BoardError(f"the board's checkpoint {ck['slot']} belongs to another model file than "
+                             f"{self.name} here: push this model (`microtrain push`) or train with --fresh")
+        return ck
+
+    def model(self):
+        from microtrain.device.board_io import Session, apply_checkpoint
+        with Session(self.port) as s:
+            ck = self._newest(s)
+        return self.base.copy() if ck is None else apply_checkpoint(self.base, ck)
+
+    def load(self, model, parts):
+        """Write the board's newest state with the layout's elements taken from `model` into the
+        checkpoint slot that does not hold it (one generation on), then let the board take it."""
+        from microtrain.device.board_io import Session, apply_checkpoint, model_id
+        from microtrain.device.link import Link
+        with Session(self.port) as s:
+            ck = self._newest(s)
+            have = self.base.copy() if ck is None else apply_checkpoint(self.base, ck)
+            w, b = exchange.take(model, parts)
+            new = exchange.put(have, parts, w, b)
+            if ck is None:
+                st = ckpt_format.State(0, model_id(self.model_bytes), 0, 0, -1, 0,
+                                       self.plan.seed & 0xFFFFFFFF or 1, self.base.n_classes)
+                slot, gen = 0, 1
+            else:
+                st = ckpt_format.State(0, ck["model_id"], ck["steps"], ck["samples"], ck["last_seq"],
+                                       ck["lr_shift"], ck["rng"], ck["n_classes"])
+                slot, gen = 1 - ckpt_format.SLOTS.index(ck["slot"][len(self.ckpt_path):]), ck["generation"] + 1
+            st.generation = gen & 0xFFFFFFFF
+            blobs = [(tag, data) for tag, data in self._blobs(new)]
+            if ck is not None:                           # class addition and the like: kept as they are
+                blobs += [(t.encode(), v) for t, v in ck["blobs"].items() if t[0] not in "WB" or not t[1:].isdigit()]
+            buf = io.BytesIO()
+            ckpt_format.write(buf, st, blobs)
+            s.put(buf.getvalue(), self.ckpt_path + ckpt_format.SLOTS[slot], force=True)
+        with Link(self.port, self.name, checkpoint_every=0, log=self.log) as link, link.deadline(self.deadline):
+            link.command("reload")
+
+    def _blobs(self, model):
+        """The checkpoint's tensors in the trainer's order (microtrain/trainer.py _state_blobs)."""
+        for t in sorted(self.plan.train, key=lambda t: t.layer):
+            l = model.layers[t.layer]
+            if t.weights:
+                yield b"W%03d" % t.layer, np.asarray(l.w, np.int8).tobytes()
+            if t.bias:
+                yield b"B%03d" % t.layer, np.asarray(l.b, "<i4").tobytes()
+
+    def train(self, x, y, epochs=1):
+        from microtrain.device.link import Link
+        xq = np.asarray(x, np.int8)
+        with Link(self.port, self.name, checkpoint_every=CHECKPOINT_EVERY, log=self.log) as link, \
+                link.deadline(self.deadline):
+            steps0 = link.steps
+            t0 = time.perf_counter()
+            for e in range(epochs):
+                st = link.stream(xq, y)
+            seconds = time.perf_counter() - t0
+            n = len(y) * epochs
+            tel = [r for r in link.telemetry(fetch=False) if r.get("kind") == "step"][-n:]
+            loss = float(np.mean([r["loss"] for r in tel])) if tel else float("nan")
+            step_ms = float(np.mean([r["us"] for r in tel])) / 1000 if tel else 1000 * seconds / max(n, 1)
+        return {"samples": n, "loss": loss, "step_ms": step_ms, "seconds": seconds,
+                "retransmissions": st["retransmissions"], "steps": link.steps - steps0}
+
+    def evaluate(self, x, y):
+        from microtrain.device.link import Link
+        if not len(y):
+            return 0.0
+        cap = int(self.plan.buffers["val_y"].size) if "val_y" in self.plan.buffers else 8
+        with Link(self.port, self.name, checkpoint_every=0, log=self.log) as link, link.deadline(self.deadline):
+            right = link.evaluate(np.asarray(x, np.int8), y, capacity=cap)
+            # no validation samples left on the board: its checkpoints would validate against them
+            # and roll back on their own; in a federation the staged rollout is that guard
+            link.command("clear_validation")
+        return right / len(y)
+
+    def close(self):
+        pass
+
+
+def ckpt_state_bytes(model, plan):
+    """The trainable bytes in checkpoint order (for comparing a board with the simulator)."""
+    out = bytearray()
+    for t in sorted(plan.train, key=lambda t: t.layer):
+        l = model.layers[t.layer]
+        if t.weights:
+            out += np.asarray(l.w, np.int8).tobytes()
+        if t.bias:
+            out += np.asarray(l.b, "<i4").tobytes()
+    return bytes(out)
+
