@@ -23,7 +23,11 @@ LABELS = tuple(str(d) for d in range(10))
 
 
 def partitions(y, n_boards, alpha, rng, minimum=12):
-    """Indices of each board's share: per class, Dirichlet(alpha) proportions over the boards."""
+    """Indices of each board's share: per class, Dirichlet(alpha) proportions over the boards,
+    redrawn until every board has `minimum` samples (lowered for fleets the data cannot cover)."""
+    minimum = max(4, min(minimum, len(y) // (2 * n_boards)))
+    if minimum * n_boards > len(y):
+        raise ValueError(f"{len(y)} samples cannot give {n_boards} boards {minimum} each")
     while True:
         parts = [[] for _ in range(n_boards)]
         for c in np.unique(y):
