@@ -229,3 +229,79 @@ def test_flowers_own_strategies_and_central_dp_run_unchanged(world, tmp_path, st
     else:
         assert max(norms) > 4.0                              # unclipped updates are larger
     assert len({r["digest"] for r in rounds}) == 2           # the global moved each round
+
+
+def test_secure_aggregation_shows_the_server_only_masked_vectors_and_their_sum(world, tmp_path):
+    """Flower's SecAgg+ (its workflow and secaggplus_mod): what the server receives of each board is
+    uniform noise modulo 2^32 (a plain quantized update would sit in its lowest sixteenth, the
+    quantization range for 5 boards),
+    yet the global it unmasks is FedAvg's: within one integer step of the same round of Flower's
+    FedAvg without masking (SecAgg+ rounds stochastically)."""
+    folder, info = world
+    sc = folder / "scenario"
+    outs = {}
+    for name, extra in (("secagg", {"secagg": True}), ("plain", {"strategy": "fedavg"})):
+        rc = _run_config(tmp_path, sc, name, **{"num-rounds": 1, "rollout-fraction": 0.0,
+                                                "out": str(tmp_path / f"{name}.mtm")}, **extra)
+        code, out = deploy.run_local(str(tmp_path / name), rc, simulate=5, log=lambda *a: None)
+        assert code == 0, out[-3000:]
+        outs[name] = modelfile.load(str(tmp_path / f"{name}.mtm"))[0]
+    seen = [r for r in _records(tmp_path / "secagg.jsonl") if r["event"] == "round"][0]["secagg"]
+    assert len(seen) == 5
+    for v in seen.values():
+        assert 0.45 < v["mean"] < 0.55 and 0.27 < v["std"] < 0.31 and v["below_quantization_range"] < 0.2, v
+    model, plan = modelfile.load(str(sc / "model-full.mtm"))
+    u = exchange.layout(model, plan)
+    ws, bs = exchange.take(outs["secagg"], u)
+    wp, bp = exchange.take(outs["plain"], u)
+    w0, _ = exchange.take(model, u)
+    assert np.abs(ws.astype(int) - wp).max() <= 1 and np.abs(bs.astype(int) - bp).max() <= 1
+    assert np.mean(ws == wp) > 0.99 and np.mean(bs == bp) > 0.9 and not np.array_equal(ws, w0)
+
+
+def test_staged_rollout_rolls_back_a_global_the_canaries_reject(world, tmp_path):
+    """With a bar no candidate can meet (validation accuracy 1.0 above the current global's), every
+    round's candidate is evaluated on the canaries and rolled back: the global never changes and the
+    boards start each round from it; with the bar at -1.0 every candidate is accepted.  The fleet
+    view renders the report, and plots it."""
+    import subprocess
+    folder, info = world
+    sc = folder / "scenario"
+    digests = {}
+    for name, tol in (("strict", -1.0), ("open", 1.0)):
+        rc = _run_config(tmp_path, sc, name, **{"num-rounds": 2, "rollout-fraction": 0.4, "rollout-tolerance": tol})
+        code, out = deploy.run_local(str(tmp_path / name), rc, simulate=5, log=lambda *a: None)
+        assert code == 0, out[-3000:]
+        rounds = [r for r in _records(tmp_path / f"{name}.jsonl") if r["event"] == "round"]
+        assert [r["global"] for r in rounds] == (["rolled back"] * 2 if tol < 0 else ["accepted"] * 2)
+        assert all(len(r["rollout"]["canaries"]) == 2 for r in rounds)          # 40 % of 5 boards
+        digests[name] = [r["digest"] for r in rounds]
+    model, _ = modelfile.load(str(sc / "model-sparse.mtm"))
+    _, full = modelfile.load(str(sc / "model-full.mtm"))
+    from microtrain.federated import server_app
+    u = exchange.union(model, [exchange.layout(model, full)])
+    initial = server_app.digest(model, u)
+    assert digests["strict"] == [initial, initial] and initial not in digests["open"]
+    exe = os.path.join(os.path.dirname(sys.executable), "microtrain")
+    r = subprocess.run([exe, "federate", "watch", str(tmp_path / "open.jsonl"), "--png", str(tmp_path / "f.png")],
+                       capture_output=True, text=True, env=dict(os.environ, COLUMNS="200"))
+    assert r.returncode == 0, r.stderr
+    assert "round 2: global accepted" in r.stdout and "finished" in r.stdout
+    assert (tmp_path / "f.png").stat().st_size > 10000
+
+
+def test_deployment_over_tls(world, tmp_path):
+    """The documented multi-machine commands with TLS: a SuperLink with a certificate signed by a
+    CA, SuperNodes and `flwr run` trusting that CA (simulated boards here: the transport is the
+    point); nothing runs insecure."""
+    folder, info = world
+    sc = folder / "scenario"
+    certs = deploy.self_signed(str(tmp_path / "certs"))
+    nodes = [{"partition-id": k} for k in range(2)]
+    rc = _run_config(tmp_path, sc, "tls", **{"num-rounds": 1, "min-nodes": 2, "rollout-fraction": 0.0})
+    code, out = deploy.run_local(str(tmp_path / "run"), rc, nodes=nodes, certificates=certs, log=lambda *a: None)
+    assert code == 0, out[-3000:]
+    rounds = [r for r in _records(tmp_path / "tls.jsonl") if r["event"] == "round"]
+    assert len(rounds) == 1 and rounds[0]["failed"] == 0 and len(rounds[0]["boards"]) == 2
+    logs = open(tmp_path / "run" / "superlink.log").read() + open(tmp_path / "run" / "supernode-0.log").read()
+    assert "--insecure" not in logs and "insecure" not in logs.lower()

@@ -67,6 +67,10 @@ def _run_options(f):
         click.option("--rollout-fraction", default=0.25, show_default=True,
                      help="Share of boards that validate a new global before the rest get it (0: off)."),
         click.option("--rollout-tolerance", default=0.02, show_default=True),
+        click.option("--secagg", is_flag=True, help="Flower's SecAgg+: the server sees only masked updates and their sum."),
+        click.option("--dp-clip", type=float, default=0.0, help="Flower's client-side DP clipping: L2 norm of each "
+                     "update (model integer units; with --strategy fedavg/fedadam)."),
+        click.option("--dp-noise", type=float, default=0.0, help="Noise multiplier of the DP clipping."),
         click.option("--report", type=click.Path(dir_okay=False), default="federation.jsonl", show_default=True),
         click.option("--out", type=click.Path(dir_okay=False), help="Write the final global model file."),
         click.option("--work", type=click.Path(file_okay=False), default=".microtrain-federation", show_default=True,
@@ -79,13 +83,17 @@ def _run_options(f):
 @federate.command()
 @_run_options
 def run(model_path, boards, simulate, scenario_dir, rounds, epochs, strategy, personal, rollout_fraction,
-        rollout_tolerance, report, out, work):
+        rollout_tolerance, secagg, dp_clip, dp_noise, report, out, work):
     """A federation on this machine: Flower SuperLink, SuperNodes, `flwr run`."""
     deploy = _deploy()
     if bool(boards) == bool(simulate):
         raise click.ClickException("give --board PORT=DATA.npz (one per board) or --simulate N")
     if simulate and not scenario_dir:
         raise click.ClickException("--simulate needs --scenario (a folder of `microtrain federate scenario`)")
+    from microtrain.model import modelfile
+    for p in {model_path, *(spec.partition("=")[2].partition(":")[2] for spec in boards)} - {""}:
+        if os.path.exists(p):
+            modelfile.load(p)          # a bad model file: one clear line here, not a failed ServerApp
     nodes = []
     for k, spec in enumerate(boards):
         port, sep, rest = spec.partition("=")
@@ -99,7 +107,10 @@ def run(model_path, boards, simulate, scenario_dir, rounds, epochs, strategy, pe
                       "partition-id": k})
     rc = {"model": os.path.abspath(model_path), "num-rounds": rounds, "epochs": epochs, "strategy": strategy,
           "personal": personal, "rollout-fraction": rollout_fraction, "rollout-tolerance": rollout_tolerance,
-          "report": os.path.abspath(report), "min-nodes": simulate or len(nodes)}
+          "report": os.path.abspath(report), "min-nodes": simulate or len(nodes), "secagg": secagg,
+          "dp-clip": dp_clip, "dp-noise": dp_noise}
+    if dp_clip and strategy == "subset-fedavg":
+        raise click.ClickException("--dp-clip works on Flower's float strategies: add --strategy fedavg (or fedadam)")
     if scenario_dir:
         rc["scenario"] = os.path.abspath(scenario_dir)
     if out:

@@ -35,7 +35,11 @@ import numpy as np
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.mod import fixedclipping_mod
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
+from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from microtrain.board import checkpoint as ckpt_format
@@ -62,6 +66,25 @@ def personal_layers(model, spec):
     return tuple(sorted(out))
 
 
+def check_data(data, model, path):
+    """Every split's samples fit the model and its labels name its classes (else one clear line)."""
+    if "x" not in data or "y" not in data:
+        raise ValueError(f"{path}: needs arrays x and y (training samples and labels)")
+    size = int(np.prod(model.input_shape))
+    for s in ("", "v", "t"):
+        if ("x" + s in data) != ("y" + s in data):
+            raise ValueError(f"{path}: x{s} and y{s} come together")
+        if "x" + s not in data:
+            continue
+        x, y = data["x" + s], data["y" + s]
+        if len(x) != len(y) or (len(x) and x[0].size != size):
+            raise ValueError(f"{path}: x{s} holds {len(x)} samples of {x[0].size if len(x) else 0} values and "
+                             f"y{s} {len(y)} labels; the model takes {size} values per sample")
+        if len(y) and not (0 <= y.min() and y.max() < model.n_classes):
+            raise ValueError(f"{path}: y{s} has labels outside 0..{model.n_classes - 1}")
+        data["x" + s] = x.reshape((len(x),) + tuple(model.input_shape))
+
+
 class Node:
     """One SuperNode's board, its data and its layout, from the node and run config."""
 
@@ -80,7 +103,8 @@ class Node:
         d = np.load(data_path)
         q = self.model0.quantize_input
         self.data = {k: (np.asarray(d[k], np.int8) if d[k].dtype == np.int8 else q(d[k])) if k.startswith("x")
-                     else np.asarray(d[k], np.int64) for k in d.files}
+                     else np.asarray(d[k], np.int64) for k in d.files if k[:1] in "xy" and k[1:] in ("", "v", "t")}
+        check_data(self.data, self.model0, data_path)
         self.epochs = int(rc.get("epochs", 1))
         self.personal = personal_layers(self.model0, rc.get("personal", ""))
         self.layout = exchange.layout(self.model0, self.plan, self.personal)
@@ -166,6 +190,14 @@ def query(msg: Message, context: Context) -> Message:
         reply_to=msg)
 
 
+def secure_aggregation(msg, ctxt, call_next):
+    """Flower's secaggplus_mod, unchanged, when the server runs SecAgg+ (its stage config in the
+    message): this board's update leaves its host masked; the server learns only the sum."""
+    if SECAGG_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
 def central_dp(msg, ctxt, call_next):
     """Flower's fixedclipping_mod, unchanged, when the server's DP wrapper asks for it (its
     clipping norm in the round's config): the update leaves the board clipped to that L2 norm."""
@@ -175,11 +207,18 @@ def central_dp(msg, ctxt, call_next):
     return call_next(msg, ctxt)
 
 
-@app.train(mods=[central_dp])
+@app.train(mods=[secure_aggregation, central_dp])
 def train(msg: Message, context: Context) -> Message:
     node = Node(context)
+    legacy = "fitins.parameters" in msg.content.array_records     # SecAgg+ runs Flower's legacy FitIns
+    if legacy:
+        fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+        parts = exchange.decode(fitins.config["layout"], node.model0)
+        w, b = parameters_to_ndarrays(fitins.parameters)
+        model = exchange.put(node.board.model(), parts, w, b)
     t = [time.monotonic()]
-    model, parts = incoming(node, msg.content)
+    if not legacy:
+        model, parts = incoming(node, msg.content)
     node.board.load(model, parts)
     t.append(time.monotonic())
     xv, yv = node.split("v")
@@ -196,11 +235,15 @@ def train(msg: Message, context: Context) -> Message:
         node.board.log("round: load %.1f s, validate %.1f s, train %.1f s, read back + validate %.1f s"
                        % tuple(b - a for a, b in zip(t, t[1:])))
     w, b = exchange.take(after, parts)
+    metrics = {"num-examples": int(r["samples"]), "loss": float(r["loss"]), "val-acc-global": float(acc_global),
+               "val-acc": float(acc), "step-ms": float(r["step_ms"])}
+    if legacy:
+        res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([w.astype(np.float64), b.astype(np.float64)]),
+                     int(r["samples"]), metrics)
+        return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=msg)
     return Message(RecordDict({
         "arrays": _arrays(w, b, msg.content["arrays"]),
-        "metrics": MetricRecord({"num-examples": int(r["samples"]), "loss": float(r["loss"]),
-                                 "val-acc-global": float(acc_global), "val-acc": float(acc),
-                                 "step-ms": float(r["step_ms"])}),
+        "metrics": MetricRecord(metrics),
         "config": ConfigRecord({"layout": exchange.encode(parts)})}), reply_to=msg)
 
 

@@ -20,7 +20,7 @@ import time
 RUN_CONFIG = {
     "model": "", "scenario": "", "num-rounds": 5, "epochs": 1, "strategy": "subset-fedavg", "server-lr": 1.0,
     "personal": "", "min-nodes": 2, "connect-timeout": 120.0, "round-timeout": 600.0, "round-deadline": 300.0,
-    "rollout-fraction": 0.0, "rollout-tolerance": 0.0, "report": "", "out": "", "dp-clip": 0.0, "dp-noise": 0.0,
+    "rollout-fraction": 0.0, "rollout-tolerance": 0.0, "report": "", "out": "", "dp-clip": 0.0, "dp-noise": 0.0, "secagg": False,
 }
 
 
@@ -186,22 +186,66 @@ def shown(cmd):
     return " ".join(shlex.quote(c) for c in cmd)
 
 
-def run_local(folder, run_config, nodes=None, simulate=0, log=print, timeout=3600):
+def self_signed(folder, hosts=("127.0.0.1", "localhost")):
+    """A CA and a server certificate signed by it, for trying TLS (files in `folder`): returns
+    (ca.pem, server.pem, server.key).  Real deployments use their own PKI."""
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    os.makedirs(folder, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(subject, issuer, key, sign_key, ca, sans=()):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=30))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if sans:
+            names = []
+            for h in sans:
+                try:
+                    names.append(x509.IPAddress(ipaddress.ip_address(h)))
+                except ValueError:
+                    names.append(x509.DNSName(h))
+            b = b.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return b.sign(sign_key, hashes.SHA256())
+
+    ca_key, srv_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "microtrain federation CA")])
+    srv_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+    ca = cert(ca_name, ca_name, ca_key, ca_key, True)
+    srv = cert(srv_name, ca_name, srv_key, ca_key, False, hosts)
+    paths = [os.path.join(folder, n) for n in ("ca.pem", "server.pem", "server.key")]
+    for path, data in zip(paths, (ca.public_bytes(serialization.Encoding.PEM), srv.public_bytes(serialization.Encoding.PEM),
+                                  srv_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))):
+        with open(path, "wb") as f:
+            f.write(data)
+    return tuple(paths)
+
+
+def run_local(folder, run_config, nodes=None, simulate=0, log=print, timeout=3600, certificates=None):
     """One federation on this machine, with Flower's commands: a SuperLink (in simulation mode
     with `simulate` SuperNodes, else a deployment one) and one SuperNode per entry of `nodes`
-    (node-config dicts: port, model, data, ...), then `flwr run`.  Returns (exit code, the run's
-    output); the processes' logs stay in `folder`."""
+    (node-config dicts: port, model, data, ...), then `flwr run`; with certificates (ca, cert,
+    key) every connection is TLS.  Returns (exit code, the run's output); the processes' logs
+    stay in `folder`."""
     folder = os.path.abspath(folder)
     home = os.path.join(folder, "flwr-home")
     app = app_dir(os.path.join(folder, "app"))
     port = free_port()
-    write_connection(home, "microtrain", f"127.0.0.1:{port}", num_supernodes=simulate or None)
+    ca = certificates[0] if certificates else None
+    write_connection(home, "microtrain", f"127.0.0.1:{port}", insecure=ca is None, root_certificates=ca,
+                     num_supernodes=simulate or None)
     with Processes(folder, home) as P:
-        P.start("superlink", superlink_cmd(port=port, simulation=bool(simulate),
+        P.start("superlink", superlink_cmd(port=port, simulation=bool(simulate), certificates=certificates,
                                            database=os.path.join(folder, "superlink.db")))
         wait_port("127.0.0.1", port)
         for k, cfg in enumerate(nodes or ()):
-            cmd = supernode_cmd(f"127.0.0.1:{port}", cfg, free_port())
+            cmd = supernode_cmd(f"127.0.0.1:{port}", cfg, free_port(), root_certificates=ca)
             log("$ " + shown(cmd))
             P.start(f"supernode-{k}", cmd)
         cmd = run_cmd(app, "microtrain", run_config)

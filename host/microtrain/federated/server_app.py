@@ -12,6 +12,8 @@ Run config ([tool.flwr.app.config] of microtrain's Flower App, `flwr run --run-c
                        of the round; it rejoins the next one)
     rollout-fraction   share of the round's boards that validate a new global first (0: off)
     rollout-tolerance  how far (accuracy) the candidate may fall below the current global on them
+    secagg             Flower's SecAgg+ (SecAggPlusWorkflow with its FedAvg): the server sees masked
+                       vectors and their sum only (the report records what it saw of each board)
     dp-clip, dp-noise  Flower's DifferentialPrivacyClientSideFixedClipping around fedavg / fedadam:
                        every update clipped to L2 norm dp-clip (in the model's integer units) on its
                        board's host, Gaussian noise of dp-noise x dp-clip on the aggregate
@@ -118,6 +120,8 @@ class Federation:
 
     def arrays(self, s, model):
         w, b = exchange.take(model, s.union)
+        if not hasattr(s, "configure_train"):           # SecAgg+ (Flower's legacy FedAvg): floats
+            return array_record(w=w.astype(np.float64), b=b.astype(np.float64))
         if isinstance(s, SubsetFedAvg):
             return array_record(w=w, b=b)
         return array_record(w=w.astype(np.float64), b=b.astype(np.float64))
@@ -126,11 +130,13 @@ class Federation:
         return exchange.put(self.model, s.union, values(arrays["w"]), values(arrays["b"]))
 
     # ---- rounds ----
-    def run(self, grid):
+    def run(self, grid, context=None):
         self.wait_for(grid, int(self.rc.get("min-nodes", 2)), float(self.rc.get("connect-timeout", 120)))
         fleet = self.describe(grid)
         if not fleet:
             raise RuntimeError("no board answered")
+        if self.rc.get("secagg", False):
+            return self.run_secagg(grid, context, fleet)
         s = self.strategy(fleet)
         self.keys = {n: f["key"] for n, f in fleet.items()}
         self.log(f"federation: {len(fleet)} boards, strategy {self.kind}, {self.rounds} rounds, "
@@ -198,6 +204,49 @@ class Federation:
             modelfile.save(out, current, self.plan)
         return current
 
+    def run_secagg(self, grid, context, fleet):
+        """Flower's SecAgg+ (SecAggPlusWorkflow inside its DefaultWorkflow, with its FedAvg): every
+        board's update is quantized and masked on its host, the server unmasks only the sum.
+        Over the union of the subsets as floats; SecAgg+ quantizes stochastically, so a run is
+        not bit-reproducible.  The report records what the server received of each board."""
+        from flwr.common import ndarrays_to_parameters
+        from flwr.server import LegacyContext, ServerConfig
+        from flwr.server.strategy import FedAvg as LegacyFedAvg
+        from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+        from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+        union = exchange.union(self.model, [f["layout"] for f in fleet.values()])
+        holder = type("Union", (), {"union": union})()
+        w, b = exchange.take(self.model, union)
+        n = len(fleet)
+        clip = float(2 ** math.ceil(math.log2(4 * max(256, int(np.abs(w).max()), int(np.abs(b).max())))))
+        strategy = LegacyFedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_available_clients=n,
+                                initial_parameters=ndarrays_to_parameters([w.astype(np.float64), b.astype(np.float64)]),
+                                on_fit_config_fn=lambda rnd: {"layout": exchange.encode(union)})
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=self.rounds), strategy=strategy)
+        # the finest quantization whose sum over all boards cannot wrap the 2^32 modulus; updates are
+        # weighted by samples / max_weight <= 1 before they are quantized
+        qrange = 1 << min(30, 31 - math.ceil(math.log2(n + 1)))
+        seen = SeenByServer(grid, qrange)
+        workflow = SecAggPlusWorkflow(num_shares=n, reconstruction_threshold=max(2, (2 * n + 2) // 3),
+                                      clipping_range=clip, quantization_range=qrange,
+                                      max_weight=float(max(f["samples"] for f in fleet.values())))
+        self.log(f"federation: {n} boards, SecAgg+ (Flower FedAvg), {self.rounds} rounds, clipping range {clip:g}, "
+                 f"quantization range 2^{qrange.bit_length() - 1}")
+        self.report.add({"event": "fleet", "boards": {str(k): dict(f, layout=exchange.encode(f["layout"]))
+                                                        for k, f in fleet.items()}, "strategy": "secagg+fedavg"})
+        DefaultWorkflow(fit_workflow=workflow)(seen, legacy)
+        final = legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
+        current = exchange.put(self.model, union, final[0], final[1])
+        for rnd, rec in enumerate(seen.rounds, 1):
+            self.report.add({"event": "round", "round": rnd, "secagg": rec, "failed": 0, "global": "accepted"})
+        self.final = current
+        test = self.evaluate(grid, holder, current, "test")
+        self.report.add({"event": "final", "test": test, "digest": digest(current, union)})
+        out = str(self.rc.get("out", ""))
+        if out:
+            modelfile.save(out, current, self.plan)
+        return current
+
     def rollout(self, grid, s, rnd, current, candidate, nodes):
         """A new global goes to a share of the round's boards first: accepted if their validation
         accuracy with it is not below the current global's by more than the tolerance."""
@@ -236,6 +285,39 @@ class Federation:
         return out
 
 
+class SeenByServer:
+    """The Grid as the SecAgg+ workflow uses it, recording what each board's reply shows the server:
+    its masked vector, as the fraction of the modulus each value sits at (uniform over [0, 1) when
+    masked; an unmasked quantized update would sit below quantization_range / modulus: 1/16 for
+    five boards)."""
+
+    def __init__(self, grid, qrange):
+        self._grid, self.qrange = grid, qrange
+        self.rounds = []
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *a, **kw):
+        from flwr.common import bytes_to_ndarray
+        from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+        replies = list(self._grid.send_and_receive(messages, *a, **kw))
+        seen = {}
+        for r in replies:
+            if r.has_error() or RECORD_KEY_CONFIGS not in r.content.config_records:
+                continue
+            cfg = r.content.config_records[RECORD_KEY_CONFIGS]
+            if Key.MASKED_PARAMETERS in cfg:
+                v = np.concatenate([bytes_to_ndarray(x).ravel() for x in cfg[Key.MASKED_PARAMETERS]]).astype(np.float64)
+                u = v / float(1 << 32)
+                seen[str(r.metadata.src_node_id)] = {"values": int(v.size), "mean": float(u.mean()),
+                                                     "std": float(u.std()), "max": float(u.max()),
+                                                     "below_quantization_range": float(np.mean(v < self.qrange))}
+        if seen:
+            self.rounds.append(seen)
+        return replies
+
+
 def digest(model, parts):
     """SHA-256 of the global's exchanged elements: equal digests, bit-identical globals."""
     return _sha(*exchange.take(model, parts))
@@ -252,4 +334,4 @@ def _sha(w, b):
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    Federation(context.run_config).run(grid)
+    Federation(context.run_config).run(grid, context)
