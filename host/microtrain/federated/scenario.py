@@ -4,8 +4,8 @@ its own camera (datasets.shift_digits: a shift, contrast and black level of its 
 class mix (Dirichlet(alpha) over the 10 classes).  Every board splits its share into training,
 validation and held-out test samples.  Deterministic in (n_boards, seed).
 
-`build(folder, ...)` writes model files (one per plan: boards with different budgets train
-different subsets of the same model), one .npz per board (x, y, xv, yv, xt, yt: int8 samples) and
+`build(folder, ...)` writes model files (one per plan: boards with different budgets, a Pico's
+and an ESP32-S3's, train different subsets of the same model), one .npz per board (x, y, xv, yv, xt, yt: int8 samples) and
 scenario.json (which board runs which plan, the float parameters of the fp32 baseline).
 """
 
@@ -48,15 +48,23 @@ def pretrained(seed=0):
     return net, quantize.quantize(net, Xp, LABELS, name="digits"), Xr, yr
 
 
-def build(folder, n_boards=5, seed=0, alpha=0.5, policies=("sparse", "full"), lr=0.03):
+# boards alternate between a Pico's budget (sparse channels) and an ESP32-S3's (every weight)
+FLEET = (("rpi_pico", "sparse"), ("esp32_s3", "full"))
+
+
+def build(folder, n_boards=5, seed=0, alpha=0.5, fleet=FLEET, lr=0.03):
+    from microtrain.device import boards as B
     os.makedirs(folder, exist_ok=True)
     net, model, X, y = pretrained(seed)
     rng = np.random.default_rng([0xFED, seed])
     models = {}
-    for pol in dict.fromkeys(policies):
-        plan = planner.plan(model, pol, lr=lr)
+    for board, pol in fleet:
+        b = B.get(board)
+        plan = planner.plan(model, pol, lr=lr, budget=b.heap_bytes, word_bytes=b.object_word_bytes,
+                            weights_flash_bytes=b.weights_flash_bytes)
         models[pol] = f"model-{pol}.mtm"
         modelfile.save(os.path.join(folder, models[pol]), model, plan)
+    policies = [pol for _, pol in fleet]
     boards = []
     for k, idx in enumerate(partitions(y, n_boards, alpha, rng)):
         Xk, _ = datasets.shift_digits(X[idx], seed=100 + k)
@@ -65,7 +73,7 @@ def build(folder, n_boards=5, seed=0, alpha=0.5, policies=("sparse", "full"), lr
         q = model.quantize_input
         np.savez(os.path.join(folder, name), x=q(a), y=ya, xv=q(v), yv=yv, xt=q(t), yt=yt,
                  fx=a, fxv=v, fxt=t)
-        boards.append({"data": name, "model": models[policies[k % len(policies)]],
+        boards.append({"data": name, "model": models[policies[k % len(policies)]], "board": fleet[k % len(fleet)][0],
                        "policy": policies[k % len(policies)], "samples": int(len(ya)),
                        "classes": np.bincount(ya, minlength=10).tolist()})
     info = {"n_boards": n_boards, "seed": seed, "alpha": alpha, "lr": lr, "boards": boards,
