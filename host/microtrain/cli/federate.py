@@ -13,6 +13,7 @@ Each prints the Flower command it runs, so the same federation can be started by
 """
 
 import os
+import sys
 
 import click
 
@@ -115,10 +116,24 @@ def run(model_path, boards, simulate, scenario_dir, rounds, epochs, strategy, pe
         rc["scenario"] = os.path.abspath(scenario_dir)
     if out:
         rc["out"] = os.path.abspath(out)
-    code, text = deploy.run_local(work, rc, nodes=nodes, simulate=simulate, log=click.echo)
-    for line in text.splitlines():
-        if line.startswith(("federation:", "  board", "round ")):
-            click.echo(line)
+    if os.path.exists(report):
+        os.remove(report)                        # the live view follows this run's report only
+    live = sys.stdout.isatty()
+    if live:                                     # the fleet view, live, while Flower runs the rounds
+        import threading
+        from microtrain.federated import fleet
+        got = {}
+        th = threading.Thread(target=lambda: got.update(r=deploy.run_local(work, rc, nodes=nodes, simulate=simulate,
+                                                                             log=lambda *a: None)), daemon=True)
+        th.start()
+        fleet.watch(report, follow=True, stop=lambda: not th.is_alive())
+        th.join()
+        code, text = got.get("r", (1, "the federation did not start"))
+    else:
+        code, text = deploy.run_local(work, rc, nodes=nodes, simulate=simulate, log=click.echo)
+        for line in text.splitlines():
+            if line.startswith(("federation:", "  board", "round ")):
+                click.echo(line)
     if code:
         tail = [ln for ln in text.splitlines() if ln.strip()][-5:]
         raise click.ClickException("the federation failed (logs in %s): %s" % (work, " | ".join(tail)))

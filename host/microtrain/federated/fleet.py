@@ -48,8 +48,8 @@ def table(records):
     return t
 
 
-def watch(path, follow=False, console=None, poll=1.0):
-    """Print the table (follow: redraw as the report grows, until its final record)."""
+def watch(path, follow=False, console=None, poll=1.0, stop=lambda: False):
+    """Print the table (follow: redraw as the report grows, until its final record or stop())."""
     from rich.console import Console
     from rich.live import Live
     console = console or Console()
@@ -58,7 +58,7 @@ def watch(path, follow=False, console=None, poll=1.0):
         console.print(table(records))
         return records
     with Live(table(records), console=console, refresh_per_second=2) as live:
-        while not any(r["event"] == "final" for r in records):
+        while not any(r["event"] == "final" for r in records) and not stop():
             time.sleep(poll)
             records = read(path)
             live.update(table(records))
