@@ -112,13 +112,12 @@ class SerialBoard:
 
     # ---- the board's state, through its checkpoint ----
     def _newest(self, session):
+        """The board's newest complete checkpoint, None on a board that never wrote one (slots that
+        exist but are all unusable are an error: nothing is overwritten then)."""
         from microtrain.device.board_io import BoardError, model_id, read_checkpoint
-        try:
-            ck = read_checkpoint(session, self.ckpt_path)
-        except BoardError as e:
-            if "no usable checkpoint" in str(e) and "skipped" not in str(e) and ": train first" in str(e):
-                return None
-            raise
+        if not any(session.exists(self.ckpt_path + slot) for slot in ckpt_format.SLOTS):
+            return None
+        ck = read_checkpoint(session, self.ckpt_path)
         if ck["model_id"] != model_id(self.model_bytes):
             raise BoardError(f"the board's checkpoint {ck['slot']} belongs to another model file than "
                              f"{self.name} here: push this model (`microtrain push`) or train with --fresh")
@@ -198,16 +197,4 @@ class SerialBoard:
 
     def close(self):
         pass
-
-
-def ckpt_state_bytes(model, plan):
-    """The trainable bytes in checkpoint order (for comparing a board with the simulator)."""
-    out = bytearray()
-    for t in sorted(plan.train, key=lambda t: t.layer):
-        l = model.layers[t.layer]
-        if t.weights:
-            out += np.asarray(l.w, np.int8).tobytes()
-        if t.bias:
-            out += np.asarray(l.b, "<i4").tobytes()
-    return bytes(out)
 
