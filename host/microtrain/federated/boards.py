@@ -24,6 +24,26 @@ from microtrain.model import modelfile
 from microtrain.sim.simulator import Simulator
 
 
+def checkpoint_blobs(model, plan):
+    """(tag, bytes) of what a board's checkpoint holds of `model`, in the trainer's order
+    (firmware/microtrain/trainer.py `_state_blobs`): the whole weights of layers whose weights
+    train, the biases that train."""
+    for t in sorted(plan.train, key=lambda t: t.layer):
+        l = model.layers[t.layer]
+        if t.weights:
+            yield b"W%03d" % t.layer, np.asarray(l.w, np.int8).tobytes()
+        if t.bias:
+            yield b"B%03d" % t.layer, np.asarray(l.b, "<i4").tobytes()
+
+
+def as_board_holds(base, plan, model):
+    """`base` (the model file) with what a checkpoint of `model` carries: a board keeps nothing
+    else, so a simulated board must not either."""
+    from microtrain.device.board_io import apply_checkpoint
+    blobs = {tag.decode(): data for tag, data in checkpoint_blobs(model, plan)}
+    return apply_checkpoint(base, {"blobs": blobs, "n_classes": base.n_classes})
+
+
 CHECKPOINT_EVERY = 16      # a round's training stream checkpoints every 16 samples and at its end
 
 
@@ -38,6 +58,7 @@ class SimulatedBoard:
 
     def __init__(self, model, plan):
         self.plan = plan
+        self.base = model.copy()
         self.sim = Simulator(model, plan)
         self.port = "simulated"
         self.loss_avg = self.best_avg = None
@@ -54,7 +75,7 @@ class SimulatedBoard:
     def load(self, model, parts):
         """As the board: the global's elements written into a checkpoint, which the trainer takes."""
         w, b = exchange.take(model, parts)
-        self.sim.model = exchange.put(self.sim.model, parts, w, b)
+        self.sim.model = as_board_holds(self.base, self.plan, exchange.put(self.sim.model, parts, w, b))
         self._checkpoint()
 
     def _watch(self, err):
@@ -148,7 +169,7 @@ class SerialBoard:
                                        ck["lr_shift"], ck["rng"], ck["n_classes"])
                 slot, gen = 1 - ckpt_format.SLOTS.index(ck["slot"][len(self.ckpt_path):]), ck["generation"] + 1
             st.generation = gen & 0xFFFFFFFF
-            blobs = [(tag, data) for tag, data in self._blobs(new)]
+            blobs = list(checkpoint_blobs(new, self.plan))
             if ck is not None:                           # class addition and the like: kept as they are
                 blobs += [(t.encode(), v) for t, v in ck["blobs"].items() if t[0] not in "WB" or not t[1:].isdigit()]
             buf = io.BytesIO()
@@ -156,15 +177,6 @@ class SerialBoard:
             s.put(buf.getvalue(), self.ckpt_path + ckpt_format.SLOTS[slot], force=True)
         with Link(self.port, self.name, checkpoint_every=0, log=self.log) as link, link.deadline(self.deadline):
             link.command("reload")
-
-    def _blobs(self, model):
-        """The checkpoint's tensors in the trainer's order (microtrain/trainer.py _state_blobs)."""
-        for t in sorted(self.plan.train, key=lambda t: t.layer):
-            l = model.layers[t.layer]
-            if t.weights:
-                yield b"W%03d" % t.layer, np.asarray(l.w, np.int8).tobytes()
-            if t.bias:
-                yield b"B%03d" % t.layer, np.asarray(l.b, "<i4").tobytes()
 
     def train(self, x, y, epochs=1):
         from microtrain.device.link import Link

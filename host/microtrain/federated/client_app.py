@@ -44,7 +44,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from microtrain.board import checkpoint as ckpt_format
 from microtrain.federated import exchange
-from microtrain.federated.boards import SerialBoard, SimulatedBoard
+from microtrain.federated.boards import SerialBoard, SimulatedBoard, checkpoint_blobs
 from microtrain.federated.strategy import array_record, values
 from microtrain.model import modelfile
 
@@ -138,28 +138,17 @@ def dump(board):
     """A simulated board's state as checkpoint bytes (the board's own format)."""
     sim = board.sim
     st = ckpt_format.State(1, 0, sim.steps, sim.steps, sim.steps - 1, sim.lr_shift, sim.rng, sim.model.n_classes)
-    blobs = []
-    for t in sorted(board.plan.train, key=lambda t: t.layer):
-        l = sim.model.layers[t.layer]
-        blobs.append((b"W%03d" % t.layer, np.asarray(l.w, np.int8).tobytes()))
-        blobs.append((b"B%03d" % t.layer, np.asarray(l.b, "<i4").tobytes()))
     buf = io.BytesIO()
-    ckpt_format.write(buf, st, blobs)
+    ckpt_format.write(buf, st, list(checkpoint_blobs(sim.model, board.plan)))
     return buf.getvalue()
 
 
 def restore(board, rec):
     """The simulated board of `dump` and its trainer's guard (a message ends with a checkpoint)."""
-    st, blobs = ckpt_format.parse(rec["ckpt"])
+    from microtrain.device.board_io import apply_checkpoint, parse_checkpoint
+    ck = parse_checkpoint(rec["ckpt"])
     sim = board.sim
-    m = sim.model.copy()
-    for tag, v in blobs.items():
-        l = m.layers[int(bytes(tag)[1:])]
-        if bytes(tag)[:1] == b"W":
-            l.w = np.frombuffer(bytes(v), np.int8).reshape(np.shape(l.w)).copy()
-        else:
-            l.b = np.frombuffer(bytes(v), "<i4").astype(np.int32).reshape(np.shape(l.b))
-    sim.model, sim.steps, sim.lr_shift, sim.rng = m, st.steps, st.lr_shift, st.rng
+    sim.model, sim.steps, sim.lr_shift, sim.rng = apply_checkpoint(board.base, ck), ck["steps"], ck["lr_shift"], ck["rng"]
     board.since_ckpt = int(rec["since-ckpt"])
     board.loss_avg = None if rec["loss-avg"] < 0 else int(rec["loss-avg"])
     board.best_avg = None if rec["best-avg"] < 0 else int(rec["best-avg"])
