@@ -6,7 +6,7 @@
 #
 #   0   2  sync b"\xeb\x90"
 #   2   2  payload length n (u16 LE)
-#   4   1  type                     HELLO SAMPLE ACK NACK TELEMETRY CMD RESULT ERROR BYE
+#   4   1  type                     HELLO SAMPLE ACK NACK TELEMETRY CMD RESULT ERROR BYE GRAD ACT
 #   5   1  flags                    SAMPLE: 1 = validation sample (stored, not trained on)
 #   6   4  seq (i32 LE)             SAMPLE: its sequence number; ACK/NACK/HELLO/BYE: the highest
 #                                   seq applied; CMD/RESULT: the command id
@@ -19,6 +19,18 @@
 # with a good header but a bad CRC are NACKed once per expected seq; the host resends.  The
 # trainer checkpoints every `every` samples and a session starts from the checkpoint, so after a
 # reset the host resumes from HELLO's last_seq + 1: nothing is lost or applied twice.
+#
+# Split training (a plan with a cut; the command "split PATH BASE COUNT" names the board's own
+# sample file, records of label byte + int8 sample, whose record (seq - BASE) % n is sample seq):
+# the host drives it with GRAD frames, the board answers every one with the ACT frame of the
+# sample it wants a gradient for, last_seq + 1 (which also acknowledges everything applied):
+#   ACT  seq  activation at the cut (int8), its clamp mask bits (if kept), label u8, lr shift i8,
+#             PRNG state u32, rollbacks u16, seq of the last checkpoint i32 (ACT_TAIL_FMT)
+#   GRAD seq  the gradient at the cut (int16, when the board trains), its exponent i8, the label's
+#             probability u8 (1/256), correct u8, the PRNG state after the host's updates u32;
+#             applied only if seq == last_seq + 1; an empty GRAD only asks for the ACT
+# The host keeps its layers in step: it snapshots them at each checkpoint the ACTs report and
+# restores the snapshot when the board rolls back or resumes from a checkpoint after a reset.
 # Keyboard interrupt is off while framing; "\x03\r\x01" (mpremote entering the raw REPL) or a
 # Ctrl-C followed by a second of quiet ends the session, and so does `idle` seconds without a
 # valid frame.  Nothing but frames is written while a session runs.
@@ -30,7 +42,8 @@ from . import backend, modelfile
 from .model import load
 from .telemetry import RECORD_SIZE
 from .trainer import Trainer
-from ._compat import collect, mem_free, nonce16, remove, stat
+from ._compat import collect, mem_free, nonce16, remove, stat, ticks_us
+from ._compat import ticks_diff as ticks_diff_us
 
 try:
     from micropython import kbd_intr
@@ -64,8 +77,11 @@ SYNC = b"\xeb\x90"
 HEAD_FMT = "<HBBi"          # after the sync: length, type, flags, seq; then the u16 header check
 HEAD_SIZE = 12
 OVERHEAD = 16
-HELLO, SAMPLE, ACK, NACK, TELEMETRY, CMD, RESULT, ERROR, BYE = 1, 2, 3, 4, 5, 6, 7, 8, 9
-TYPE_NAMES = ("", "HELLO", "SAMPLE", "ACK", "NACK", "TELEMETRY", "CMD", "RESULT", "ERROR", "BYE")
+HELLO, SAMPLE, ACK, NACK, TELEMETRY, CMD, RESULT, ERROR, BYE, GRAD, ACT = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+LAST_TYPE = ACT
+TYPE_NAMES = ("", "HELLO", "SAMPLE", "ACK", "NACK", "TELEMETRY", "CMD", "RESULT", "ERROR", "BYE", "GRAD", "ACT")
+ACT_TAIL_FMT = "<BbIHi"     # after the activation and mask: label, lr shift, PRNG state, rollbacks, ckpt seq
+GRAD_TAIL_FMT = "<bBBI"     # after the gradient: exponent, probability (1/256), correct, PRNG state
 F_VALIDATION = 1            # SAMPLE flag
 F_FAILED = 1                # RESULT flag: the command raised
 F_FATAL = 1                 # ERROR flag: the sample was rejected (not applied), the host must stop
@@ -115,6 +131,9 @@ class Session:
         self.x = bytearray(n)                 # samples land here: trained on in place, no copy
         self.xv = memoryview(self.x)
         self.cap = max(n + 1, 128)
+        self.src = None                       # split training: the board's sample file
+        if t.cut:
+            self._split_buffers()
         self.rx = bytearray(self.cap + 4)
         self.rxv = memoryview(self.rx)
         self.tail = bytearray(5)              # label + crc of a sample
@@ -122,7 +141,7 @@ class Session:
         self.hdr = bytearray(HEAD_SIZE)
         self.hdrv = memoryview(self.hdr)
         self.hv2 = self.hdrv[2:]
-        self.tx = bytearray(TX_SIZE)
+        self.tx = bytearray(max(TX_SIZE, OVERHEAD + self.cap, OVERHEAD + len(self.actp) if t.cut else 0))
         self.txv = memoryview(self.tx)
         self.txn = 0
         self.tel = bytearray(TEL_RECORDS * RECORD_SIZE)
@@ -234,7 +253,7 @@ class Session:
             if self._readn(self.hv2, 10, IBT_MS) < 10:
                 return 0
             n, typ, flags, seq = struct.unpack_from(HEAD_FMT, hdr, 2)
-            if crc(hv[2:10]) & 0xFFFF != hdr[10] | (hdr[11] << 8) or not 0 < typ <= BYE or n > self.cap:
+            if crc(hv[2:10]) & 0xFFFF != hdr[10] | (hdr[11] << 8) or not 0 < typ <= LAST_TYPE or n > self.cap:
                 self.st.bad += 1
                 self.pb = bytes(hdr[2:12])    # a false sync: rescan what followed it
                 self.pbi = 0
@@ -278,9 +297,10 @@ class Session:
 
     def _frame(self, typ, seq, payload=None, flags=0):
         n = len(payload) if payload is not None else 0
-        if n > TX_SIZE - OVERHEAD:
-            n = TX_SIZE - OVERHEAD
-        if self.txn + OVERHEAD + n > TX_SIZE:
+        size = len(self.tx)
+        if n > size - OVERHEAD:
+            n = size - OVERHEAD
+        if self.txn + OVERHEAD + n > size:
             self._flush()
         tx, mv, o = self.tx, self.txv, self.txn
         tx[o] = 0xEB
@@ -357,8 +377,12 @@ class Session:
             if typ == -2:
                 if self.typ == SAMPLE:
                     self._nack(NACK_CRC)
+                elif self.typ == GRAD and self.src is not None:
+                    self._act()                # a garbled gradient: ask for it again
             elif typ == SAMPLE:
                 self._sample()
+            elif typ == GRAD:
+                self._grad()
             elif typ == HELLO:
                 self._hello(self.seq)
             elif typ == CMD:
@@ -412,7 +436,7 @@ class Session:
 
     def _checkpoint(self):
         t = self.t
-        if t.val_n:                          # validation samples on the board: keep the best apart,
+        if t.val_n and not t.cut:            # validation samples on the board: keep the best apart,
             t.validate()                     # roll back a poisoned stream (checkpoints either way)
         else:
             t.checkpoint()
@@ -424,9 +448,117 @@ class Session:
             f.write(struct.pack("<iB", seq, label))
             f.write(self.x)
 
+    # ---- split training ----
+    def _split_buffers(self):
+        t = self.t
+        l = t.model.layers[t.cut - 1]
+        self.n_act = n = l.out_size
+        self.n_mask = (n + 7) >> 3 if t.views[t.cut - 1][2] is not None else 0
+        self.n_grad = 2 * n if t.bw else 0
+        self.cap = max(self.cap, self.n_grad + struct.calcsize(GRAD_TAIL_FMT))
+        self.actp = bytearray(n + self.n_mask + struct.calcsize(ACT_TAIL_FMT))
+        self.rec = bytearray(self.in_size + 1)
+        self.recv = memoryview(self.rec)
+        self.sx = self.recv[1:]
+        self.fwd_seq = None                   # the sample whose forward pass the views hold
+        self.fwd_us = 0
+
+    def _split_open(self, path, base, count):
+        t = self.t
+        if not t.cut:
+            raise ValueError("this model file's plan is not split: convert it with --split")
+        size = stat(path)[6]
+        if size % (self.in_size + 1) or not size:
+            raise ValueError("%s: %d B is not a whole number of %d B records (label + sample)"
+                             % (path, size, self.in_size + 1))
+        if self.src is not None:
+            self.src.close()
+        self.src = open(path, "rb")
+        self.src_n = size // (self.in_size + 1)
+        self.src_base = base
+        self.src_end = base + count
+        self.fwd_seq = None
+        return self.src_n
+
+    def _split_forward(self, seq):
+        t = self.t
+        k = (seq - self.src_base) % self.src_n
+        self.src.seek(k * (self.in_size + 1))
+        if self.src.readinto(self.recv) != len(self.rec):
+            raise OSError("sample file shrank under the session")
+        if self.rec[0] >= t.model.n_classes:
+            raise ValueError("sample %d of the file: label %d, the model has %d classes" % (k, self.rec[0], t.model.n_classes))
+        t0 = ticks_us()
+        act, mask = t.split_forward(self.sx)
+        self.fwd_us = ticks_diff_us(ticks_us(), t0)
+        n, m, p = self.n_act, self.n_mask, self.actp
+        p[0:n] = act
+        if m:
+            p[n:n + m] = mask
+        self.fwd_seq = seq
+
+    def _act(self):
+        """The ACT of the sample the board wants a gradient for (last_seq + 1); empty after the
+        stream's last sample."""
+        t = self.t
+        seq = t.last_seq + 1
+        if seq >= self.src_end or seq < self.src_base:
+            self._tel_frame()
+            self._frame(ACT, seq, None)
+            return
+        if self.fwd_seq != seq:
+            try:
+                self._split_forward(seq)
+            except Exception as e:  # noqa: BLE001
+                self._error(seq, "%s: %s" % (type(e).__name__, e))
+                return
+        struct.pack_into(ACT_TAIL_FMT, self.actp, self.n_act + self.n_mask, self.rec[0], t.lr_shift, t.rng[0],
+                         t.rollbacks & 0xFFFF, self.st.ckpt_seq)
+        self._tel_frame()
+        self._frame(ACT, seq, self.actp)
+
+    def _grad(self):
+        st, t = self.st, self.t
+        if self.src is None:
+            self._error(self.seq, "a gradient, but no split stream: the host sends the split command first")
+            return
+        seq = self.seq
+        if self.n and seq == t.last_seq + 1 and self.src_base <= seq < self.src_end:
+            tail = struct.calcsize(GRAD_TAIL_FMT)
+            if self.n != self.n_grad + tail:
+                self._error(seq, "gradient of %d bytes, the cut takes %d" % (self.n - tail, self.n_grad))
+                return
+            try:
+                if self.fwd_seq != seq:       # a command ran a forward pass since the ACT
+                    self._split_forward(seq)
+                e, p, correct, rng = struct.unpack_from(GRAD_TAIL_FMT, self.rx, self.n_grad)
+                if self.n_grad:
+                    t.g_cut[0:self.n_grad] = self.rxv[0:self.n_grad]
+                t.split_step(self.sx, self.rec[0], e, p, correct, rng, self.fwd_us, seq)
+            except Exception as e:  # noqa: BLE001 - report it, keep the session and the REPL
+                self._error(seq, "%s: %s" % (type(e).__name__, e))
+                return
+            self.fwd_seq = None
+            t.last_seq = seq
+            st.applied += 1
+            self.since += 1
+            if self.every and self.since >= self.every:
+                try:
+                    self._checkpoint()
+                except Exception as e:  # noqa: BLE001
+                    self._error(seq, "checkpoint failed: %s: %s" % (type(e).__name__, e), 0)
+        elif self.n:
+            if seq <= t.last_seq:
+                st.dups += 1
+            else:
+                st.gaps += 1
+        self._act()
+
     def _command(self):
         st = self.st
         seq = self.seq
+        if self.src is not None:
+            self.fwd_seq = None               # a command may run a forward pass: redo the sample's
         if seq == st.last_cmd and st.last_reply is not None:
             flags, payload = st.last_reply    # a resent command: answer again, do not run it again
         else:
@@ -463,6 +595,12 @@ class Session:
             t.resume()
             st.ckpt_seq = t.last_seq
             self.since = 0
+        elif name.startswith("split "):    # split PATH BASE COUNT: the board's samples, from seq BASE
+            path, base, count = name[6:].rsplit(" ", 2)
+            n = self._split_open(path, int(base), int(count))
+            r = stats()
+            r["records"] = n
+            return r
         elif name == "clear_validation":
             t.val_n = 0
             try:

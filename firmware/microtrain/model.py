@@ -146,12 +146,14 @@ class Model:
         self.input_view = bufs["input"]
         return views
 
-    def run(self, views):
-        """The forward pass through prepared views; returns the probabilities' view."""
+    def run(self, views, stop=0):
+        """The forward pass through prepared views; returns the probabilities' view (with stop:
+        layers [0, stop) only, and the view of layer stop - 1's output: split training's cut)."""
         k = self.kernels
         scratch = self.scratch
         layers = self.layers
-        for i in range(len(layers)):
+        n = stop or len(layers)
+        for i in range(n):
             l = layers[i]
             x, y, m = views[i]
             op = l.op
@@ -168,7 +170,7 @@ class Model:
             else:
                 sm = l.softmax
                 k.softmax_forward(x, 1, l.out_size, sm[0], sm[1], sm[2], y)
-        return views[-1][1]
+        return views[n - 1][1]
 
     def set_input(self, x, view):
         if len(x) != self.in_size:

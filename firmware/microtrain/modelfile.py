@@ -35,6 +35,7 @@ OPS = ("conv", "dwconv", "maxpool", "avgpool", "softmax")
 FLAG_DOUBLE_ROUNDING = 1
 FLAG_BIAS = 2
 PLAN_QAS = 1
+PLAN_CUT_SHIFT = 8           # PLAN flags bits 8..15: split training's cut (0: the board trains alone)
 MAX_SECTIONS = 16
 
 
@@ -204,7 +205,7 @@ def parse_plan(sections, layers):
         raise ModelFileError("PLAN section is truncated")
     h = struct.unpack_from(PLAN_FMT, p, 0)
     n_train, first, n_grads, flags, seed, arena, inference, lr, ca_mult, ca_shift, n_kept, n_masks, n_buf = h
-    plan = {"first_backward": first, "qas": flags & PLAN_QAS, "seed": seed, "arena": arena,
+    plan = {"first_backward": first, "qas": flags & PLAN_QAS, "cut": flags >> PLAN_CUT_SHIFT, "seed": seed, "arena": arena,
             "inference_arena": inference, "lr": lr, "class_add": (ca_mult, ca_shift), "train": [], "grads": {},
             "kept": [], "masks": [], "buffers": {}}
     pos = hsize
@@ -267,4 +268,6 @@ def parse_plan(sections, layers):
             raise ModelFileError("PLAN keeps the output of layer %d, the model has %d" % (i, len(layers)))
     if first >= len(layers):
         raise ModelFileError("PLAN starts the backward pass at layer %d, the model has %d" % (first, len(layers)))
+    if plan["cut"] and not first <= plan["cut"] <= len(layers) - 2:
+        raise ModelFileError("PLAN cuts at layer %d, outside [%d, %d]" % (plan["cut"], first, len(layers) - 2))
     return plan

@@ -77,6 +77,8 @@ class Trainer:
     validate()                      keeps the best validated state apart, rolls back to it on a drop
     add_class(samples, name)        grow the classifier by one class, initialised from the samples
     export(path, delta=False)       the trained tensors (or their change) for the host to pull
+    split_forward(x) / split_step   split training (a plan with a cut): the board's layers below
+                                    the cut, the host's gradient at the cut (microtrain/link.py)
     """
 
     def __init__(self, model, checkpoint_path="microtrain.ckpt", val_margin=0.1, telemetry=None):
@@ -91,6 +93,8 @@ class Trainer:
         if layers[-1].op != OP_SOFTMAX or layers[self.classifier].op != OP_CONV:
             raise TrainingError("training needs a dense classifier followed by a softmax")
         self.original_classes = model.n_classes
+        self.cut = plan.get("cut", 0)     # split training: the board runs layers [0, cut), the host the rest
+        self.rollbacks = 0
         # trainable tensors move to RAM, with the plan's factors as typed views
         self.train = {}
         for t in plan["train"]:
@@ -147,9 +151,12 @@ class Trainer:
         n = layers[last].out_size
         self.g_logits = g0[:2 * n]
         self.logit_mask = self.views[last - 1][2]
+        # a split plan's backward starts below the cut, from the gradient the host sends into grad0
+        top = self.cut - 1 if self.cut else last - 1
+        self.g_cut = g0[:2 * layers[top].out_size] if self.cut else None
         steps = []
         cur = 0
-        for i in range(last - 1, plan["first_backward"] - 1, -1):
+        for i in range(top, plan["first_backward"] - 1, -1):
             l = layers[i]
             gy = (g0, g1)[cur][:2 * l.out_size]
             other = (g0, g1)[1 - cur]
@@ -191,15 +198,26 @@ class Trainer:
 
     def train_step(self, x, label, seq=None):
         """One training step; returns the loss in 1/1000 (an integer: nothing is allocated)."""
+        if self.cut:
+            raise TrainingError("this plan is split at layer %d: the host runs the layers above it "
+                                "(`microtrain train --split`)" % self.cut)
+        self._check_label(label)
+        t0 = ticks_us()
+        probs = self.forward(x)
+        self.k.softmax_grad(probs, label, self.g_logits)
+        if self.logit_mask is not None:
+            self.k.grad_mask(self.g_logits, self.logit_mask)
+        self._backward(LOGIT_GRAD_EXP)
+        return self._account(x, label, seq, probs[label] ^ 0x80, argmax(probs) == label, ticks_diff(ticks_us(), t0))
+
+    def _check_label(self, label):
         if not 0 <= label < self.model.n_classes:
             raise ValueError("label: must be in [0, %d], got %d" % (self.model.n_classes - 1, label))
-        t0 = ticks_us()
+
+    def _backward(self, e):
+        """The backward pass along the plan from the gradient in the first step's gy (scale
+        2^e): each layer's input gradient (weights before the update), then its update."""
         k = self.k
-        probs = self.forward(x)
-        k.softmax_grad(probs, label, self.g_logits)
-        if self.logit_mask is not None:
-            k.grad_mask(self.g_logits, self.logit_mask)
-        e = LOGIT_GRAD_EXP
         rng = self.rng
         lr = self.lr_shift
         views = self.views
@@ -234,20 +252,42 @@ class Trainer:
             if not s.down:
                 break
             e = ex
+
+    def _account(self, x, label, seq, p, correct, us):
+        """After a step: counters, replay memory, telemetry, the divergence watch.  p: the label's
+        probability in 1/256.  Returns the loss in 1/1000."""
         self.steps += 1
         self.samples += 1
         if seq is not None:
             self.last_seq = seq
         self._remember(x, label)
-        p = probs[label] ^ 0x80              # (y + 128): the label's probability in 1/256
         loss = LOSS_MILLI[p]
-        correct = argmax(probs) == label
-        us = ticks_diff(ticks_us(), t0)
         if self.steps & 15 == 1:            # gc.mem_free() walks the heap: sample it, not every step
             self.heap_free = mem_free()
         self.telemetry.step(self.steps, loss, correct, self.lr_shift, us, self.heap_free, self.n_params)
         self._watch(256 - p)
         return loss
+
+    # ---- split training ----
+    def split_forward(self, x):
+        """Layers [0, cut) forward on one sample; returns the views of the activation at the cut
+        and of its clamp mask (None when the plan keeps none) - what the host needs."""
+        self.model.set_input(x, self.views[0][0])
+        v = self.views[self.cut - 1]
+        self.model.run(self.views, self.cut)
+        return v[1], v[2]
+
+    def split_step(self, x, label, e, p, correct, rng, us, seq=None):
+        """The board's part of a split step, after split_forward(x) and the host's reply: the
+        host's layers updated with the PRNG state `rng` (as one trainer would, top down), their
+        gradient at the cut is in g_cut (scale 2^e), p is the label's probability in 1/256.  The
+        backward runs through the board's layers; returns the loss in 1/1000."""
+        self._check_label(label)
+        t0 = ticks_us()
+        self.rng[0] = rng
+        if self.bw:
+            self._backward(e)
+        return self._account(x, label, seq, p, correct, us + ticks_diff(ticks_us(), t0))
 
     def _watch(self, err):
         """Divergence: the running error a (8 x the mean of 256 - p_label over ~8 steps, an
@@ -401,6 +441,7 @@ class Trainer:
             raise TrainingError("no valid checkpoint to roll back to (%s)" % why)
         lr = self.lr_shift
         st = self._load(found, store)
+        self.rollbacks += 1                 # a split session's host rolls its layers back with these
         self.steps = st.steps
         self.lr_shift = min(lr, st.lr_shift)
         self.loss_avg = self.best_avg = None

@@ -85,11 +85,18 @@ def boards(probe):
 @click.option("--calibration", type=click.Path(exists=True), help="ONNX: .npz with calibration samples `x` (NCHW or NHWC floats).")
 @click.option("--labels", help="Comma-separated class names.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Model file to write (default: MODEL with .mtm).")
-def convert(model, board_name, policy, lr, no_qas, calibration, labels, output):
-    """Convert an int8 TFLite or a float ONNX model to a microtrain model file for a board.
+@click.option("--split", is_flag=True, help="Split training: the board trains the layers below a cut, the host "
+              "those above (`microtrain train --split`); the deepest cut that fits the board.")
+@click.option("--cut", type=int, help="With --split: cut at this layer (the board runs layers 0..CUT-1).")
+@click.option("--host-policy", default="full", show_default=True, help="With --split: what trains above the cut.")
+@click.option("--budget", type=click.IntRange(1), help="Heap bytes the plan must fit [default: the board's].")
+def convert(model, board_name, policy, lr, no_qas, calibration, labels, output, split, cut, host_policy, budget):
+    """Convert an int8 TFLite or a float ONNX model (or plan a .mtm again) to a microtrain model
+    file for a board.
 
     Prints the training plan and its memory, and refuses (with a suggestion) a plan that does not
-    fit the board's heap.
+    fit the board's heap.  With --split, prints every cut, what the board needs and what crosses
+    the link, and why the cut was chosen.
     """
     from microtrain.device import boards as B
     from microtrain.model import modelfile
@@ -108,13 +115,32 @@ def convert(model, board_name, policy, lr, no_qas, calibration, labels, output):
             from microtrain.convert.from_onnx import onnx_to_qmodel
             x = np.load(calibration)["x"]
             q = onnx_to_qmodel(model, x, labels)
+        elif ext == ".mtm":
+            q = modelfile.load(model)[0]
+            if labels:
+                q.labels = labels
         else:
-            _fail(f"{model}: expected a .tflite (int8) or .onnx (float) model")
+            _fail(f"{model}: expected a .tflite (int8), .onnx (float) or .mtm model")
     except (ValueError, OSError) as e:
         _fail(f"{model}: {e}")
     pol = json.loads(policy) if policy.strip().startswith("{") else policy
+    budget = budget or board.heap_bytes
+    if split or cut is not None:
+        from microtrain.plan import split as S
+        try:
+            sp = S.choose(q, pol, host_policy, budget=budget, cut=cut, lr=lr, qas=not no_qas,
+                          word_bytes=board.object_word_bytes, weights_flash_bytes=board.weights_flash_bytes)
+        except planner.PlanError as e:
+            _fail(f"split training on {board.name}: {e}")
+        output = output or os.path.splitext(model)[0] + ".split.mtm"
+        n = modelfile.save(output, q, sp.board)
+        click.echo(f"{q.name}: {len(q.layers)} layers, {q.macs} MACs per inference, input {q.input_shape}")
+        click.echo(sp.summary(q, budget))
+        click.echo(f"fits {board.name}: the board's part needs {sp.board.budget_bytes} of {budget} B heap")
+        click.echo(f"wrote {output} ({n} bytes)")
+        return
     try:
-        p = planner.plan(q, pol, lr=lr, qas=not no_qas, budget=board.heap_bytes, word_bytes=board.object_word_bytes,
+        p = planner.plan(q, pol, lr=lr, qas=not no_qas, budget=budget, word_bytes=board.object_word_bytes,
                          weights_flash_bytes=board.weights_flash_bytes)
     except planner.PlanError as e:
         _fail(f"the plan does not fit {board.name}: {e}")
@@ -122,7 +148,7 @@ def convert(model, board_name, policy, lr, no_qas, calibration, labels, output):
     n = modelfile.save(output, q, p)
     click.echo(f"{q.name}: {len(q.layers)} layers, {q.macs} MACs per inference, input {q.input_shape}")
     click.echo(p.summary(q))
-    click.echo(f"fits {board.name}: {p.budget_bytes} of {board.heap_bytes} B heap")
+    click.echo(f"fits {board.name}: {p.budget_bytes} of {budget} B heap")
     click.echo(f"wrote {output} ({n} bytes)")
 
 
@@ -238,9 +264,14 @@ def _weights_in_flash(model, data, region):
               "of it (needed after pushing a different model under the same name).")
 @click.option("--deadline", type=click.FloatRange(min=1), help="Give up after this many seconds "
               "[default: 120 s + 2 s per sample]; the board keeps what it applied, run again to resume.")
+@click.option("--split", is_flag=True, help="Split training (a model converted with --split): DATA is kept on the "
+              "board; the board trains the layers below the cut, the host those above, and only activations and "
+              "gradients cross the link. At the end the whole model is pushed.")
+@click.option("--float-host", is_flag=True, help="With --split: the host's layers in float32 (requantized when pushed).")
+@click.option("--no-push", is_flag=True, help="With --split: keep the host's layers on the host (run again to go on).")
 @_name_option
 def train_cmd(data, sensor, count, board_name, raw_per_unit, rate, port, model_path, label, validation, epochs, kind,
-              fresh, deadline, name):
+              fresh, deadline, split, float_host, no_push, name):
     """Stream labelled samples (CSV, NPZ, WAV) to the board, which trains on each as it arrives;
     or, with --sensor, let the board record and train on its own sensor's samples.
 
@@ -262,6 +293,14 @@ def train_cmd(data, sensor, count, board_name, raw_per_unit, rate, port, model_p
         return
     if not data:
         _fail("give a DATA file (CSV, NPZ, WAV) or --sensor")
+    if split:
+        from microtrain.cli import split as split_cli
+        from microtrain.cli.samples import SampleFileError
+        try:
+            split_cli.run(data, model_path, port, name, label, kind, epochs, float_host, not no_push, fresh, deadline)
+        except SampleFileError as e:
+            _fail(str(e))
+        return
     from microtrain.cli import report
     from microtrain.cli.report import progress_view
     from microtrain.cli.samples import load_samples

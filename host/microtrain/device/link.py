@@ -129,7 +129,7 @@ class FrameParser:
                 break
             n, typ, flags, seq = struct.unpack_from(proto.HEAD_FMT, buf, 2)
             check = struct.unpack_from("<H", buf, 10)[0]
-            if zlib.crc32(buf[2:10]) & 0xFFFF != check or n > self.max_payload or not 0 < typ <= BYE:
+            if zlib.crc32(buf[2:10]) & 0xFFFF != check or n > self.max_payload or not 0 < typ <= proto.LAST_TYPE:
                 self.bad += 1
                 self._junk(buf[:1])
                 del buf[:1]

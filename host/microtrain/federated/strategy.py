@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from microtrain.federated import exchange
+from microtrain.sim.reference import div_round_away as div_round   # half away from zero, as TFLite's pools
 
 
 def array_record(**arrays):
@@ -42,13 +43,6 @@ def values(array):
     if array.stype == "raw":
         return np.frombuffer(array.data, np.dtype(array.dtype)).reshape(array.shape)
     return array.numpy()
-
-
-def div_round(num, den):
-    """num / den rounded half away from zero, in integers (den > 0)."""
-    num = np.asarray(num, np.int64)
-    q = (2 * np.abs(num) + den) // (2 * den)
-    return np.where(num < 0, -q, q)
 
 
 def integer_mean(model, replies):

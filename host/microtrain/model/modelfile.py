@@ -77,7 +77,8 @@ def _host_bytes(model, plan):
     if plan is not None:
         meta["plan"] = {"policy": plan.policy, "lr": plan.lr, "notes": list(plan.notes), "word_bytes": plan.word_bytes,
                         "weight_bytes_ram": plan.weight_bytes_ram, "frozen_bytes": plan.frozen_bytes,
-                        "weights_bytes": plan.weights_bytes, "weights_in_flash": plan.weights_in_flash}
+                        "weights_bytes": plan.weights_bytes, "weights_in_flash": plan.weights_in_flash,
+                        "split": plan.split_meta}
     return json.dumps(meta, separators=(",", ":")).encode()
 
 
@@ -100,7 +101,7 @@ def _plan_bytes(model, plan, qpar, idx):
     recs += struct.pack("<%dH" % len(plan.kept), *plan.kept)
     recs += struct.pack("<%dH" % len(plan.masks), *plan.masks)
     head = struct.pack(fmt.PLAN_FMT, len(plan.train), plan.first_backward, len(plan.grads),
-                       fmt.PLAN_QAS if plan.qas else 0, plan.seed & 0xFFFFFFFF, plan.arena_size,
+                       (fmt.PLAN_QAS if plan.qas else 0) | (plan.cut << fmt.PLAN_CUT_SHIFT), plan.seed & 0xFFFFFFFF, plan.arena_size,
                        plan.inference_arena, plan.lr, int(plan.class_add[0]), int(plan.class_add[1]),
                        len(plan.kept), len(plan.masks), len(plan.buffers))
     body = head + recs
@@ -189,7 +190,9 @@ def _plan(model, raw, meta, max_classes):
     p.word_bytes = meta.get("word_bytes", 4)
     p.weights_bytes = meta.get("weights_bytes", 0)
     p.weights_in_flash = meta.get("weights_in_flash", False)
-    p.n_backward = len(model.layers) - 1 - p.first_backward
+    p.cut = raw["cut"]
+    p.split_meta = meta.get("split")
+    p.n_backward = (p.cut or len(model.layers) - 1) - p.first_backward
     return p
 
 

@@ -86,6 +86,8 @@ class Plan:
     seed: int = 0x2545F491
     class_add: tuple = (0, 0)   # (mult, shift): s_x / s_w of the classifier, for class addition
     notes: list = field(default_factory=list)
+    cut: int = 0                # split training: the board runs layers [0, cut), the host the rest (0: no cut)
+    split_meta: dict = None     # split training: the combined policy the host rebuilds its part from
 
     @property
     def training_bytes(self):
@@ -106,6 +108,9 @@ class Plan:
             if t.bias:
                 what.append("bias")
             lines.append(f"  layer {t.layer} {l.op} {l.name}: " + ", ".join(what))
+        if self.cut:
+            lines.append(f"split at layer {self.cut}: the board runs layers 0..{self.cut - 1} and their backward, "
+                         f"the host layers {self.cut}..{len(model.layers) - 1}")
         lines.append(f"backward reaches layer {self.first_backward}; kept activations {self.kept}, masks {self.masks}")
         lines += [f"note: {n}" for n in self.notes]
         where = ("stay in flash (read in place)" if self.weights_in_flash else
@@ -204,9 +209,12 @@ def resolve_policy(model, policy):
 
 
 def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=None, seed=0x2545F491,
-         val_capacity=8, replay_per_class=2, word_bytes=4, weights_flash_bytes=0):
+         val_capacity=8, replay_per_class=2, word_bytes=4, weights_flash_bytes=0, cut=0):
     """Build the training plan; raises PlanError if it needs more than `budget` bytes of RAM.
 
+    cut: split training (microtrain.plan.split): the plan of the board's part, layers [0, cut) -
+    their trainable tensors, their backward from the gradient the host returns at the cut, and the
+    clamp mask of layer cut - 1 the host needs; layers >= cut belong to the host.
     weights_flash_bytes: how many bytes of weights the board reads in place from flash (the
     RP2040's flash region, board flashmap; 0 where the model's weights are read into the heap,
     and then they count against the budget)."""
@@ -235,10 +243,15 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
         if t.bias:
             t.b_mult, t.b_shift = quantize_multipliers(bf)
         train.append(t)
-    if not train:
+    if cut:
+        if not 1 <= cut <= len(layers) - 2:
+            raise PlanError(f"cut {cut}: the board runs layers [0, cut) and the host at least the classifier and "
+                            f"its softmax, so the cut is 1 to {len(layers) - 2}")
+        train = [t for t in train if t.layer < cut]
+    elif not train:
         raise PlanError(f"policy {policy!r} trains nothing")
-    first = min(t.layer for t in train)
-    last = len(layers) - 1
+    first = min(t.layer for t in train) if train else cut
+    last = cut - 1 if cut else len(layers) - 1
 
     # layers whose input gradient is needed: every layer above the lowest trainable one
     grads = {}
@@ -282,13 +295,16 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
         prev = layers[i - 1]
         if prev.op in PARAMETRIC and l.op != "softmax":
             masks.add(i - 1)                 # the gradient into layer i's input passes prev's clamp
+    if cut and train and layers[cut - 1].op in PARAMETRIC:
+        masks.add(cut - 1)                   # the host narrows the gradient at the cut through it
         # (the logits' int8 saturation is a quantization artifact, not part of the function: the
         # softmax gradient passes it, or a saturated logit could never come down again)
     if 0 in [t.layer for t in train if t.weights]:
         pass                                 # layer 0 reads the sample itself: kept as the input
     kept, masks = sorted(kept), sorted(masks)
 
-    buffers, arena = _layout(model, first, kept, masks, grads, train, max_classes, val_capacity, replay_per_class)
+    buffers, arena = _layout(model, first, kept, masks, grads, train, max_classes, val_capacity, replay_per_class,
+                             cut or len(layers))
     inference = _inference_arena(model)
     # RAM: the weights of layers whose weights train and every trained bias; frozen weights (also
     # those of bias-only layers) stay in the model file / flash
@@ -319,8 +335,9 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
     p.word_bytes = word_bytes
     p.weights_bytes = sum(l.w.size for l in layers if l.op in PARAMETRIC and l.w is not None)
     p.weights_in_flash = 0 < p.weights_bytes <= weights_flash_bytes
-    p.n_backward = len(layers) - 1 - first
+    p.n_backward = (cut or len(layers) - 1) - first
     p.notes = notes
+    p.cut = cut
     if cls.op == "conv" and cls.s_w is not None:
         from microtrain.model.fixedpoint import quantize_multiplier
         p.class_add = quantize_multiplier(float(cls.s_x / np.max(cls.s_w)))
@@ -347,7 +364,7 @@ def _suggest(model, p, budget, lr, qas, weights_flash_bytes):
     return f"{msg}; no built-in policy fits: use a smaller model or a board with more RAM"
 
 
-def _layout(model, first, kept, masks, grads, train, max_classes, val_capacity, replay_per_class):
+def _layout(model, first, kept, masks, grads, train, max_classes, val_capacity, replay_per_class, top):
     """One arena for training: forward activations (kept ones have their own slot, the others
     ping-pong), clamp masks, gradient buffers, the kernels' scratch, and the samples the board
     keeps: validation samples and a small replay memory per class (for class addition)."""
@@ -377,9 +394,9 @@ def _layout(model, first, kept, masks, grads, train, max_classes, val_capacity, 
     for i in masks:
         add(f"mask{i}", (out_size(i) + 7) // 8)
     # backward: gradients w.r.t. layer outputs along the path (int16), the rescaled gradient,
-    # the int32 input-gradient accumulator
-    path = range(first, len(layers))
-    gmax = max(out_size(i) for i in path)
+    # the int32 input-gradient accumulator; layers [first, top) (top: the cut of a split plan)
+    path = range(first, top)
+    gmax = max((out_size(i) for i in path), default=0)
     gin = max((layers[i].in_size for i in path if i > first), default=0)
     add("grad0", 2 * max(gmax, gin))
     add("grad1", 2 * max(gmax, gin))

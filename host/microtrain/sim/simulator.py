@@ -45,17 +45,35 @@ class Simulator:
     # ---- one training step ----
     def step(self, xq, label):
         """Forward, backward along the plan, in-place SGD; returns the loss (float, report only)."""
-        layers = self.model.layers
         outs, masks = self.forward(xq)
-        probs = outs[-1]
+        g, e = self.logits_grad(outs[-1], label, masks)
+        self.backward(outs, masks, g, e, len(self.model.layers) - 2, self.plan.first_backward)
+        self.steps += 1
+        return self.loss(outs[-1], label)
+
+    def logits_grad(self, probs, label, masks):
+        """The gradient at the classifier's output: the integer softmax minus the one-hot label
+        (scale 2^LOGIT_GRAD_EXP), through the classifier's clamp mask where the plan keeps it."""
+        layers = self.model.layers
         last = len(layers) - 1
         if layers[last].op != "softmax":
             raise ValueError("training needs a softmax classifier as the last layer")
         g = ref.softmax_grad(probs, label)
-        e = LOGIT_GRAD_EXP
         if last - 1 in self.plan.masks:
             g = ref.grad_mask(g, masks[last - 1])
-        for i in range(last - 1, self.plan.first_backward - 1, -1):
+        return g, LOGIT_GRAD_EXP
+
+    def loss(self, probs, label):
+        self.last_p = int(probs[label]) + 128        # the label's probability in 1/256, as the board's
+        return -math.log(max(self.last_p / 256.0, 1.0 / 512))
+
+    def backward(self, outs, masks, g, e, top, bottom):
+        """Layers top, top - 1, ..., bottom of the backward pass from g (scale 2^e) at top's
+        output: each layer's input gradient (with its weights before this step's update), then
+        its update.  Returns (g, e) at bottom's input, or (None, None) where the plan needs none
+        (split training: the host runs the layers above the cut, the board those below)."""
+        layers = self.model.layers
+        for i in range(top, bottom - 1, -1):
             l = layers[i]
             x = outs[i]                      # this layer's input
             gx = ex = None
@@ -79,11 +97,9 @@ class Simulator:
                                         t.w_mult, t.w_shift, t.b_mult if t.bias else None,
                                         t.b_shift if t.bias else None, self.rng)
             if gx is None:
-                break
+                return None, None
             g, e = gx, ex
-        self.steps += 1
-        self.last_p = int(probs[label]) + 128        # the label's probability in 1/256, as the board's
-        return -math.log(max(self.last_p / 256.0, 1.0 / 512))
+        return g, e
 
     # ---- state ----
     def trainable_state(self):
