@@ -6,7 +6,6 @@ pushed model that classifies alone; two boards with different cuts at once, one 
 
 import os
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -73,6 +72,9 @@ def test_the_cut_is_the_deepest_that_fits_and_the_file_keeps_it(world, tmp_path)
         split.choose(model, "sparse", "full", budget=budget, cut=4)
     with pytest.raises(PlanError, match="no cut fits"):
         split.choose(model, "sparse", "full", budget=1000)
+    slow = {c.cut: c.link_ms for c in free.candidates}          # the link: cut 2's frames take longer than 4's
+    with pytest.raises(PlanError, match=r"cut 2: \d+ ms on the link"):
+        split.choose(model, "sparse", "full", budget=budget, max_link_ms=(slow[4] + slow[2]) / 2)
     with pytest.raises(PlanError, match="the cut is 1 to 4"):
         split.choose(model, cut=5)
     with pytest.raises(PlanError, match="valid policies"):

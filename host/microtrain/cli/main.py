@@ -90,7 +90,10 @@ def boards(probe):
 @click.option("--cut", type=int, help="With --split: cut at this layer (the board runs layers 0..CUT-1).")
 @click.option("--host-policy", default="full", show_default=True, help="With --split: what trains above the cut.")
 @click.option("--budget", type=click.IntRange(1), help="Heap bytes the plan must fit [default: the board's].")
-def convert(model, board_name, policy, lr, no_qas, calibration, labels, output, split, cut, host_policy, budget):
+@click.option("--max-link-ms", type=click.FloatRange(min=0), help="With --split: a cut's frames must cross the "
+              "serial link (115200 baud) within this many ms per sample.")
+def convert(model, board_name, policy, lr, no_qas, calibration, labels, output, split, cut, host_policy, budget,
+            max_link_ms):
     """Convert an int8 TFLite or a float ONNX model (or plan a .mtm again) to a microtrain model
     file for a board.
 
@@ -128,7 +131,7 @@ def convert(model, board_name, policy, lr, no_qas, calibration, labels, output, 
     if split or cut is not None:
         from microtrain.plan import split as S
         try:
-            sp = S.choose(q, pol, host_policy, budget=budget, cut=cut, lr=lr, qas=not no_qas,
+            sp = S.choose(q, pol, host_policy, budget=budget, cut=cut, lr=lr, qas=not no_qas, max_link_ms=max_link_ms,
                           word_bytes=board.object_word_bytes, weights_flash_bytes=board.weights_flash_bytes)
         except planner.PlanError as e:
             _fail(f"split training on {board.name}: {e}")

@@ -540,11 +540,7 @@ class Link:
                     nxt = acked + 1
                     t_prog = time.monotonic()
             except (_Lost, *SERIAL_ERRORS) as e:
-                if not isinstance(e, _Lost):
-                    self._close_port()
-                st["reconnects"] += 1
-                self._reconnect(str(e) or type(e).__name__)
-                acked, nxt = self._resume(base, last, st)
+                acked, nxt = self._recover(e, base, last, st)
                 t_prog = time.monotonic()
                 misses = 0
         self.last_seq = max(self.last_seq, last)
@@ -561,6 +557,15 @@ class Link:
                   uplink_efficiency=payload / up if up else 0.0,
                   bad_frames=self._parser.bad - bad0, last_seq=self.last_seq, steps=self.steps)
         return st
+
+    def _recover(self, e, base, last, st):
+        """After a lost session or a serial error in a stream from `base` to `last`: reconnect;
+        returns (last applied seq, next seq) to go on with."""
+        if not isinstance(e, _Lost):
+            self._close_port()
+        st["reconnects"] += 1
+        self._reconnect(str(e) or type(e).__name__)
+        return self._resume(base, last, st)
 
     def _resume(self, base, last, st):
         """After a reconnect: continue right after the board's last applied seq."""

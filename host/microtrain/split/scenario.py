@@ -2,8 +2,6 @@
 pretrained on half the data as the factory ships it; each device sees the rest through its own
 camera (datasets.shift_digits) and splits it into training and held-out samples."""
 
-import numpy as np
-
 from microtrain import datasets
 from microtrain.convert import floatnet, quantize
 

@@ -12,7 +12,6 @@ rollback takes the host's layers back to the snapshot of the checkpoint the boar
 (`host.snapshot` / `host.restore`).  So each sample is applied once, on both sides.
 """
 
-import struct
 import time
 
 import numpy as np
@@ -23,7 +22,6 @@ from microtrain.board import link as proto
 from microtrain.split.host import ACT_TAIL, grad_payload, parse_act
 
 GRAD, ACT = proto.GRAD, proto.ACT
-RECORD_FMT = "B"          # a board sample file: label byte, then the int8 sample
 
 
 def sample_file(x, y):
@@ -138,16 +136,8 @@ class SplitLink(L.Link):
                     self._write(pending)
                     t_prog = time.monotonic()
             except (_Lost, *SERIAL_ERRORS) as e:
-                if not isinstance(e, _Lost):
-                    self._close_port()
-                st["reconnects"] += 1
-                self._reconnect(str(e) or type(e).__name__)
-                have = self.hello["last_seq"]
-                if have < base - 1:
-                    raise LinkError(f"the board restored a checkpoint (seq {have}) older than this stream's start "
-                                    f"(seq {base})") from None
-                st["resumed_from"].append(have + 1)
-                acked = min(have, last)
+                have, _ = self._recover(e, base, last, st)
+                acked = have
                 self.command(f"split {path} {base} {count}")
                 pending = L.frame(GRAD, have, b"")
                 self._write(pending)
