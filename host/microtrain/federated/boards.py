@@ -14,6 +14,7 @@ SerialBoard      a board behind a serial port (a Pico, the virtual board, the em
 """
 
 import io
+import os
 import time
 
 import numpy as np
@@ -121,6 +122,16 @@ class SimulatedBoard:
         pass
 
 
+class SimulatedSplitBoard(SimulatedBoard):
+    """A split board (SplitBoard) in simulation: taking the global is the host setting its
+    layers and the board checkpointing, as the link's checkpoint command does."""
+
+    def load(self, model, parts):
+        w, b = exchange.take(model, parts)
+        self.sim.model = exchange.put(self.sim.model, parts, w, b)
+        self._link_checkpoint()
+
+
 class SerialBoard:
     """`model_path`: the host's copy of the model file pushed to the board as `name`."""
 
@@ -210,3 +221,77 @@ class SerialBoard:
     def close(self):
         pass
 
+
+
+class SplitBoard:
+    """A board in split training (a model file with a cut, docs/split.md) as a federation node:
+    the board trains its layers below the cut on its own samples - they are its personal layers,
+    never sent - and this host runs the layers above it, which are what the node exchanges.
+    Between rounds (each Flower message may be a new process) the host side lives in a file
+    next to the model (`<model>.<port>.host.npz`), with the sample its layers hold."""
+
+    def __init__(self, port, model_path, name="model.mtm", deadline=None, log=lambda *a: None):
+        from microtrain.cli.split import load_host, make_host
+        with open(model_path, "rb") as f:
+            self.base, self.board_plan = modelfile.from_bytes(f.read())
+        self.host = make_host(self.base, self.board_plan)
+        self.plan = self.host.sim.plan                     # the combined plan
+        self.port, self.name, self.deadline, self.log = port, name, deadline, log
+        self.ckpt_path = name.rsplit(".", 1)[0] + ".ckpt"
+        self.state_path = "%s.%s.host.npz" % (os.path.splitext(model_path)[0],
+                                              "".join(c if c.isalnum() else "_" for c in str(port)))
+        load_host(self.host, self.state_path)
+
+    def model(self):
+        return self.host.model
+
+    def load(self, model, parts):
+        """The global's values of the host's layers (the board keeps its own)."""
+        from microtrain.split.session import SplitLink
+        for i in self.host.layers_trained:
+            self.host.model.layers[i].w = np.asarray(model.layers[i].w, np.int8).copy()
+            self.host.model.layers[i].b = np.asarray(model.layers[i].b, np.int32).copy()
+        # the board checkpoints now: a rollback in this round comes back to its layers with these
+        with SplitLink(self.port, self.name, log=self.log) as link, link.deadline(self.deadline):
+            link.command("checkpoint")
+            if self.host.at is None:
+                self.host.at = link.last_seq
+        self._save()
+
+    def _save(self):
+        from microtrain.cli.split import save_host
+        save_host(self.host, self.state_path)
+
+    def train(self, x, y, epochs=1):
+        from microtrain.device.board_io import Session
+        from microtrain.split.session import SplitLink, sample_file
+        records = sample_file(x, y)                  # the board's own samples (its recorder's file)
+        with Session(self.port) as s:
+            if not s.same(records, "samples.bin"):
+                s.replace(records, "samples.bin")
+        t0 = time.perf_counter()
+        losses = []
+        with SplitLink(self.port, self.name, log=self.log) as link, link.deadline(self.deadline):
+            for _ in range(epochs):
+                st = link.split("samples.bin", len(y), self.host, losses=losses)
+        self._save()
+        n = len(y) * epochs
+        return {"samples": n, "loss": float(np.mean(losses)) if losses else 0.0,
+                "step_ms": 1000 * (time.perf_counter() - t0) / max(n, 1), "stats": st}
+
+    def evaluate(self, x, y):
+        """Accuracy of the whole model - the board's layers from its newest checkpoint, the
+        host's as they are - on the node's validation samples."""
+        from microtrain.device.board_io import BoardError, Session, apply_checkpoint, read_checkpoint
+        if not len(y):
+            return 0.0
+        try:
+            with Session(self.port) as s:
+                ck = read_checkpoint(s, self.ckpt_path)
+            model = apply_checkpoint(self.host.model, ck)
+        except BoardError:                           # nothing trained yet: the file's lower layers
+            model = self.host.model
+        return Simulator(model, self.plan).evaluate(x, y)
+
+    def close(self):
+        pass

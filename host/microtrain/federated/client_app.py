@@ -44,7 +44,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from microtrain.board import checkpoint as ckpt_format
 from microtrain.federated import exchange
-from microtrain.federated.boards import SerialBoard, SimulatedBoard, checkpoint_blobs
+from microtrain.federated.boards import SerialBoard, SimulatedBoard, SimulatedSplitBoard, SplitBoard, checkpoint_blobs
 from microtrain.federated.strategy import array_record, values
 from microtrain.model import modelfile
 
@@ -100,22 +100,29 @@ class Node:
             model_path = os.path.join(folder, sc["boards"][pid]["model"])
             data_path = os.path.join(folder, sc["boards"][pid]["data"])
         self.model0, self.plan = modelfile.load(model_path)
+        board_layers = ()
+        self.cut = self.plan.cut if self.plan is not None else 0
+        if self.cut:      # split training: the node exchanges the host's
+            from microtrain.plan import split as S       # layers; the board's stay personal
+            board_layers = tuple(t.layer for t in self.plan.train)
+            self.plan = S.from_file(self.model0, self.plan)
         d = np.load(data_path)
         q = self.model0.quantize_input
         self.data = {k: (np.asarray(d[k], np.int8) if d[k].dtype == np.int8 else q(d[k])) if k.startswith("x")
                      else np.asarray(d[k], np.int64) for k in d.files if k[:1] in "xy" and k[1:] in ("", "v", "t")}
         check_data(self.data, self.model0, data_path)
         self.epochs = int(rc.get("epochs", 1))
-        self.personal = personal_layers(self.model0, rc.get("personal", ""))
+        self.personal = tuple(sorted(set(personal_layers(self.model0, rc.get("personal", ""))) | set(board_layers)))
         self.layout = exchange.layout(self.model0, self.plan, self.personal)
         deadline = float(rc.get("round-deadline", 300))
         if "port" in nc:
             port = str(nc["port"])
-            self.board = SerialBoard(port, model_path, str(nc.get("name", "model.mtm")), deadline,
-                                     log=lambda m: print(f"{time.strftime('%H:%M:%S')} {port}: {m}", file=sys.stderr, flush=True))
+            kind = SplitBoard if self.cut else SerialBoard
+            self.board = kind(port, model_path, str(nc.get("name", "model.mtm")), deadline,
+                              log=lambda m: print(f"{time.strftime('%H:%M:%S')} {port}: {m}", file=sys.stderr, flush=True))
             self.kind = "serial " + str(nc["port"])
         else:
-            self.board = SimulatedBoard(self.model0, self.plan)
+            self.board = (SimulatedSplitBoard if self.cut else SimulatedBoard)(self.model0, self.plan)
             if "board" in context.state:                    # the simulated board's flash and trainer
                 restore(self.board, context.state["board"])
             self.kind = "simulated"

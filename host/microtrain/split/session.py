@@ -42,14 +42,15 @@ class SplitLink(L.Link):
         super().__init__(port, model_path_on_board, **kw)
         self._parser.max_payload = 65535
 
-    def split(self, path, count, host, progress=None, deadline=None):
+    def split(self, path, count, host, progress=None, deadline=None, losses=None):
         """Train on `count` of the board's samples in `path` (records from seq last_seq + 1, the
         file's record (seq - first) mod n); the host runs its layers with `host`.  Checkpoints at
-        the end (the host snapshots its layers there).  Returns throughput and wire figures."""
+        the end (the host snapshots its layers there).  `losses`: a list the loss of each sample
+        is appended to.  Returns throughput and wire figures."""
         with self.deadline(deadline):
-            return self._split(path, count, host, progress)
+            return self._split(path, count, host, progress, losses)
 
-    def _split(self, path, count, host, progress):
+    def _split(self, path, count, host, progress, losses):
         self._ensure(probe=True)
         base = self.last_seq + 1
         last = base + count - 1
@@ -118,6 +119,8 @@ class SplitLink(L.Link):
                             host.snapshot(ckpt)
                         h0 = time.monotonic()
                         gx, e, p, ok, rng2 = host.step(act, mask, label, lr, rng)
+                        if losses is not None:
+                            losses.append(-np.log(max(p / 256.0, 1.0 / 512)))
                         st["host_s"] += time.monotonic() - h0
                         payload = grad_payload(gx, e, p, ok, rng2)
                         host.at = s
