@@ -22,6 +22,8 @@ def make_host(model, board_plan, float_host=False):
 
 
 def save_host(host, path):
+    if host.at is None:                  # it never met the board: nothing to keep
+        return
     st = host.state()
     arrays = {"at": np.array(host.at), "kind": np.array(host.kind)}
     for i, (w, b) in st.items():
