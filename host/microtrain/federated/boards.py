@@ -254,8 +254,8 @@ class SplitBoard:
         # the board checkpoints now: a rollback in this round comes back to its layers with these
         with SplitLink(self.port, self.name, log=self.log) as link, link.deadline(self.deadline):
             link.command("checkpoint")
-            if self.host.at is None:
-                self.host.at = link.last_seq
+            self.host.at = link.last_seq         # the host's layers (the global's) pair with this state
+            self.host.snapshots = {}
         self._save()
 
     def _save(self):
