@@ -85,6 +85,20 @@ def board_state(port):
     return binascii.unhexlify(line[1]), int(line[2])
 
 
+def newest_slot(path):
+    """The slot file of the newest complete checkpoint in the store `path`."""
+    from microtrain.board import checkpoint as ck
+    best = None
+    for slot in (path + ".0", path + ".1"):
+        try:
+            st, _ = ck.parse(open(slot, "rb").read())
+        except (OSError, ck.CheckpointError):
+            continue
+        if best is None or ck._newer(st.generation, best[1].generation):
+            best = (slot, st)
+    return best[0]
+
+
 def checkpoint_info(path):
     """(steps, last_seq) of the newest complete checkpoint in the store `path` (its two slots,
     read with the board's own reader), else None."""
@@ -249,9 +263,10 @@ def test_board_killed_mid_stream_resumes_from_its_checkpoint(board, imu):
                 # a torn write of the next checkpoint, as a reset during checkpoint() leaves it:
                 # the older slot half written with newer bytes
                 slots = [board.path("model.ckpt" + s) for s in (".0", ".1")]
-                live = [p for p in slots if os.path.exists(p)]
-                whole = open(live[0], "rb").read()
-                older = slots[1] if len(live) == 1 else min(slots, key=os.path.getmtime)
+                newest = newest_slot(board.path("model.ckpt"))
+                whole = open(newest, "rb").read()
+                # the other slot (by generation: two writes within one clock tick share an mtime)
+                older = next(p for p in slots if p != newest)
                 open(older, "wb").write(whole[:len(whole) // 2])
                 restarter.append(threading.Timer(1.5, board.start))   # after the host gave up resending
                 restarter[-1].start()
