@@ -85,8 +85,9 @@ def board_state(port):
     return binascii.unhexlify(line[1]), int(line[2])
 
 
-def newest_slot(path):
-    """The slot file of the newest complete checkpoint in the store `path`."""
+def _newest(path):
+    """(slot file, state) of the newest complete checkpoint in the store `path` (its two slots,
+    read with the board's own reader), else None."""
     from microtrain.board import checkpoint as ck
     best = None
     for slot in (path + ".0", path + ".1"):
@@ -96,22 +97,17 @@ def newest_slot(path):
             continue
         if best is None or ck._newer(st.generation, best[1].generation):
             best = (slot, st)
-    return best[0]
+    return best
+
+
+def newest_slot(path):
+    return _newest(path)[0]
 
 
 def checkpoint_info(path):
-    """(steps, last_seq) of the newest complete checkpoint in the store `path` (its two slots,
-    read with the board's own reader), else None."""
-    from microtrain.board import checkpoint as ck
-    best = None
-    for slot in (path + ".0", path + ".1"):
-        try:
-            st, _ = ck.parse(open(slot, "rb").read())
-        except (OSError, ck.CheckpointError):
-            continue
-        if best is None or ck._newer(st.generation, best.generation):
-            best = st
-    return None if best is None else (best.steps, best.last_seq)
+    """(steps, last_seq) of the newest complete checkpoint in the store `path`, else None."""
+    found = _newest(path)
+    return None if found is None else (found[1].steps, found[1].last_seq)
 
 
 # ---------------------------------------------------------------------------------------------
