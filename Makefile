@@ -157,6 +157,7 @@ bench: setup natmods
 	$(PY) -m bench.federated --boards 100 --rounds 3
 	$(PY) -m bench.federated --compare --rounds 5
 	$(PY) -m bench.split
+	$(PY) -m bench.adapt
 	$(PY) -m bench.reliability --board pico --rates 1e-3 --trials 1 --epochs 1 --deadline 120
 
 demo: setup natmods

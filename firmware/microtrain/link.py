@@ -42,7 +42,7 @@ from . import backend, modelfile
 from .model import load
 from .telemetry import RECORD_SIZE
 from .trainer import Trainer
-from ._compat import collect, mem_free, nonce16, remove, stat, ticks_us
+from ._compat import collect, mem_alloc, mem_free, nonce16, remove, stat, ticks_us
 from ._compat import ticks_diff as ticks_diff_us
 
 try:
@@ -554,6 +554,18 @@ class Session:
                 st.gaps += 1
         self._act()
 
+    def _adapt(self, a):
+        t0 = ticks_us()
+        collect()
+        base = mem_alloc()
+        r = _adapt_run(self.t, a)
+        r["heap_used"] = r.pop("heap", 0) or max(0, mem_alloc() - base)
+        r["total_us"] = ticks_diff_us(ticks_us(), t0)
+        if "kept" in r and r["kept"]:
+            self.st.ckpt_seq = self.t.last_seq
+            self.since = 0
+        return r
+
     def _command(self):
         st = self.st
         seq = self.seq
@@ -601,6 +613,10 @@ class Session:
             r = stats()
             r["records"] = n
             return r
+        elif name.split(" ", 1)[0] in ADAPT_COMMANDS:
+            r = self._adapt(name.split(" "))
+            r.update(stats())
+            return r
         elif name == "clear_validation":
             t.val_n = 0
             try:
@@ -612,11 +628,44 @@ class Session:
         return stats()
 
 
+# adaptation without backprop (microtrain/adapt.py): the files are on the board's flash
+#   anchors SRC K OUT [LIMIT]    pick K anchors per class of the sample file SRC, write OUT
+#   apply DELTA                  a host's delta; imprint ANCHORS; restats SRC ANCHORS SOURCE
+ADAPT_COMMANDS = ("anchors", "apply", "imprint", "restats")
+
+
+def _adapt_run(t, a):
+    from .adapt import Adaptor, delta_blobs
+    ad = Adaptor(t)
+    t0 = ticks_us()
+    if a[0] == "anchors":
+        return ad.anchors(a[1], int(a[2]), a[3], int(a[4]) if len(a) > 4 else 0)[1]
+    if a[0] == "apply":
+        blobs = delta_blobs(a[1], t.model.id)
+    elif a[0] == "imprint":
+        blobs = ad.imprint(a[1])
+    else:
+        blobs = ad.restats(a[1], a[2], a[3])
+    us = ticks_diff_us(ticks_us(), t0)
+    r = ad.apply(blobs)
+    r["compute_us"] = us
+    return r
+
+
 def _encode(r):
     if json is not None:
         return json.dumps(r).encode()
-    return ("{" + ", ".join('"%s": %s' % (k, ('"%s"' % v) if isinstance(v, str) else v) for k, v in r.items())
-            + "}").encode()
+    return ("{" + ", ".join('"%s": %s' % (k, _json_value(v)) for k, v in r.items()) + "}").encode()
+
+
+def _json_value(v):                           # a port without json: the values commands return
+    if v is None:
+        return "null"
+    if v is True or v is False:
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"%s"' % v
+    return v
 
 
 _state = None

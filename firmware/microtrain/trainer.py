@@ -22,6 +22,9 @@ except ImportError:       # a port without floats: report -log2 in 1/16 steps in
     log = None
 
 
+# tensors an adaptation may set, by tag letter (W005: layer 5's weights)
+ADAPT_TAGS = {b"W": "w", b"B": "b", b"M": "mult", b"S": "shift"}
+
 # the classifier's SGD factors in a checkpoint after class addition: (tag, Trainable attribute)
 CLASS_FACTORS = ((b"CLWM", "w_mult"), (b"CLWS", "w_shift"), (b"CLBM", "b_mult"), (b"CLBS", "b_shift"))
 
@@ -77,6 +80,8 @@ class Trainer:
     validate()                      keeps the best validated state apart, rolls back to it on a drop
     add_class(samples, name)        grow the classifier by one class, initialised from the samples
     export(path, delta=False)       the trained tensors (or their change) for the host to pull
+    adopt(tag, size)                a tensor an adaptation sets (microtrain/adapt.py): in RAM and
+                                    in every checkpoint from then on
     split_forward(x) / split_step   split training (a plan with a cut): the board's layers below
                                     the cut, the host's gradient at the cut (microtrain/link.py)
     """
@@ -140,6 +145,7 @@ class Trainer:
         size = model.in_size
         self.replay_slots = [slicer[i * size:(i + 1) * size] for i in range(model.max_classes * self.replay_per_class)]
         self._prob_view = None
+        self.adapted = {}       # tag -> original bytes of tensors an adaptation changed (adapt.py)
         collect()
 
     # ---- views of the backward pass ----
@@ -396,7 +402,43 @@ class Trainer:
                 out.append((b"CLGM", gs[0]))
                 out.append((b"CLGS", gs[1]))
             out.append((b"LABL", "\n".join(self.model.labels).encode()))
+        have = set(tag for tag, _ in out)
+        for tag in sorted(self.adapted):
+            if tag not in have:
+                out.append((tag, self._tensor(tag)))
         return out
+
+    # ---- tensors an adaptation changed (microtrain/adapt.py) ----
+    def _tensor(self, tag):
+        return getattr(self.model.layers[_layer_of(tag)], ADAPT_TAGS[tag[:1]])
+
+    def adopt(self, tag, size):
+        """The writable buffer of tensor `tag` (W/B/M/S + layer: weights, biases, multipliers,
+        shifts), in RAM from now on and part of every checkpoint.  `size` must be its size
+        (multipliers and shifts of a per-tensor layer may grow to one per channel)."""
+        try:
+            i = _layer_of(tag)
+            attr = ADAPT_TAGS[tag[:1]]
+            l = self.model.layers[i]
+        except (KeyError, ValueError, IndexError):
+            raise TrainingError("no tensor %r in this model" % tag)
+        cur = getattr(l, attr)
+        if cur is None or l.op not in (OP_CONV, OP_DWCONV):
+            raise TrainingError("layer %d has no %s" % (i, attr))
+        if size != len(cur) and not (attr in ("mult", "shift") and len(cur) == 4 and size == 4 * l.out_c):
+            raise TrainingError("tensor %s: %d B, the model's has %d" % (tag.decode(), size, len(cur)))
+        if tag not in self.adapted:
+            self.adapted[tag] = bytes(cur)
+        if not isinstance(cur, bytearray) or len(cur) != size:
+            b = bytearray(size)
+            if len(cur) == size:
+                b[:] = cur
+            else:
+                for j in range(0, size, 4):
+                    b[j:j + 4] = cur
+            setattr(l, attr, b)
+            cur = b
+        return cur
 
     def _state(self):
         return ckpt.State(0, self.model.id, self.steps, self.samples, self.last_seq, self.lr_shift, self.rng[0],
@@ -476,6 +518,13 @@ class Trainer:
             self._resize_classifier(st.n_classes, blobs)
             if b"LABL" in blobs:
                 self.model.labels = bytes(blobs[b"LABL"]).decode().split("\n")
+        have = set(tag for tag, _ in self._state_blobs())
+        for tag in index:
+            if tag[:1] in ADAPT_TAGS and tag not in have:
+                self.adopt(tag, index[tag][1])
+        for tag in list(self.adapted):
+            if tag not in index:            # adapted after this checkpoint: back to the model file's
+                setattr(self.model.layers[_layer_of(tag)], ADAPT_TAGS[tag[:1]], bytearray(self.adapted.pop(tag)))
         for tag, buf in self._state_blobs():
             if tag not in index:
                 raise ckpt.CheckpointError("the checkpoint lacks tensor %s" % tag.decode())
@@ -483,7 +532,7 @@ class Trainer:
                 raise ckpt.CheckpointError("tensor %s holds %d bytes, the model needs %d"
                                            % (tag.decode(), index[tag][1], len(buf)))
         for tag, buf in self._state_blobs():
-            if tag[:1] in (b"W", b"B"):
+            if tag[:1] in ADAPT_TAGS:
                 store.read_into(slot, index, tag, buf)
         self.rng[0] = st.rng
         return st
@@ -622,6 +671,12 @@ class Trainer:
     def memory(self):
         """Heap figures for telemetry: (free, allocated, peak or -1)."""
         return mem_free(), mem_alloc(), mem_peak() if mem_peak else -1
+
+
+def _layer_of(tag):
+    if len(tag) != 4:
+        raise ValueError(tag)
+    return int(tag[1:].decode())
 
 
 def _ints(buf):

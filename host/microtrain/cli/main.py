@@ -146,7 +146,7 @@ def convert(model, board_name, policy, lr, no_qas, calibration, labels, output, 
         p = planner.plan(q, pol, lr=lr, qas=not no_qas, budget=budget, word_bytes=board.object_word_bytes,
                          weights_flash_bytes=board.weights_flash_bytes)
     except planner.PlanError as e:
-        _fail(f"the plan does not fit {board.name}: {e}")
+        _fail(str(e) if str(e).startswith("unknown policy") else f"the plan does not fit {board.name}: {e}")
     output = output or os.path.splitext(model)[0] + ".mtm"
     n = modelfile.save(output, q, p)
     click.echo(f"{q.name}: {len(q.layers)} layers, {q.macs} MACs per inference, input {q.input_shape}")
@@ -490,6 +490,8 @@ def demo(port, epochs, png):
 
 from microtrain.cli.federate import federate  # noqa: E402  (imports neither numpy nor Flower)
 main.add_command(federate)
+from microtrain.cli.adapt import adapt  # noqa: E402
+main.add_command(adapt)
 
 if __name__ == "__main__":
     sys.exit(main())
