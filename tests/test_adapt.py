@@ -212,3 +212,43 @@ def test_every_method_beats_no_adaptation_on_held_out_device_data(digits, which)
     print(which, "none", none, acc)
     assert all(a > none for a in acc.values()), (none, acc)
     assert acc["head"] >= none + 0.3
+
+
+ROLLBACK_SCRIPT = """
+import microtrain, struct
+from microtrain import adapt
+D = '{dir}'
+t = microtrain.Trainer(microtrain.load(D + '/m.mtm'), checkpoint_path=D + '/ck')
+rec = open(D + '/val.bin', 'rb').read()
+n = t.model.in_size + 1
+for i in range(len(rec) // n):
+    t.add_validation(rec[i * n + 1:(i + 1) * n], rec[i * n])
+t.validate()                                   # the best validated state: the model file's
+ad = adapt.Adaptor(t)
+r = ad.apply(adapt.delta_blobs(D + '/delta.bin', t.model.id))
+print('KEPT', r['kept'], r['before'], r['after'])
+t.rollback(reason='test', best=True)           # the best state is the adapted one now
+print('M', bytes(t.model.layers[0].mult).hex())
+t2 = microtrain.Trainer(microtrain.load(D + '/m.mtm'), checkpoint_path=D + '/ck')
+print('RESUMED', t2.resume(), bytes(t2.model.layers[0].mult).hex())
+"""
+
+
+def test_adapted_tensors_survive_a_best_state_rollback_and_a_resume(digits, tmp_path):
+    """In the unix port: after a kept correction, rolling back to the best validated state and
+    resuming in a new trainer both give the corrected multipliers (a best-state checkpoint also
+    holds BVAL, which is not a tensor)."""
+    from microtrain.device import unixport
+    from microtrain.split.session import sample_file
+    s = digits
+    m = s["model"]
+    modelfile.save(tmp_path / "m.mtm", m, planner.plan(m, "sparse", lr=0.05))
+    mid = board_io.model_id((tmp_path / "m.mtm").read_bytes())
+    _, _, _, st = core.anchors(m, s["x"][:60], s["y"][:60], 2)
+    corr = adaptors.correct(m, s["source"], st)
+    (tmp_path / "delta.bin").write_bytes(core.to_bytes(mid, corr))
+    (tmp_path / "val.bin").write_bytes(sample_file(s["xt"][:8], s["yt"][:8]))
+    out = unixport.run(ROLLBACK_SCRIPT.format(dir=tmp_path))
+    want = np.asarray(corr["M000"], "<i4").tobytes().hex()
+    assert "KEPT True" in out, out
+    assert f"M {want}" in out and f"RESUMED True {want}" in out, out

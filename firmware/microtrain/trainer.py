@@ -520,7 +520,7 @@ class Trainer:
                 self.model.labels = bytes(blobs[b"LABL"]).decode().split("\n")
         have = set(tag for tag, _ in self._state_blobs())
         for tag in index:
-            if tag[:1] in ADAPT_TAGS and tag not in have:
+            if _is_tensor(tag) and tag not in have:
                 self.adopt(tag, index[tag][1])
         for tag in list(self.adapted):
             if tag not in index:            # adapted after this checkpoint: back to the model file's
@@ -532,7 +532,7 @@ class Trainer:
                 raise ckpt.CheckpointError("tensor %s holds %d bytes, the model needs %d"
                                            % (tag.decode(), index[tag][1], len(buf)))
         for tag, buf in self._state_blobs():
-            if tag[:1] in ADAPT_TAGS:
+            if _is_tensor(tag):
                 store.read_into(slot, index, tag, buf)
         self.rng[0] = st.rng
         return st
@@ -671,6 +671,17 @@ class Trainer:
     def memory(self):
         """Heap figures for telemetry: (free, allocated, peak or -1)."""
         return mem_free(), mem_alloc(), mem_peak() if mem_peak else -1
+
+
+def _is_tensor(tag):
+    """W/B/M/S + three digits: a layer's tensor (not BVAL, CLSM, LABL)."""
+    if tag[:1] not in ADAPT_TAGS:
+        return False
+    try:
+        _layer_of(tag)
+    except ValueError:
+        return False
+    return True
 
 
 def _layer_of(tag):
