@@ -90,9 +90,9 @@ def _board_eval(port, xt, yt, cap):
 
 def test_a_delta_that_hurts_validation_is_undone_and_a_torn_checkpoint_loses_nothing(digits, tmp_path):
     """With validation samples on the board: a head from mislabelled anchors drops accuracy and
-    is undone (nothing written, the tensors as they were); the true head is kept.  A reset that
-    tears the checkpoint of a kept correction leaves the model file's parameters, never half of
-    the delta; the intact checkpoint brings the correction back after a restart."""
+    is undone (nothing written, the tensors as they were); the true head is kept.  A kept
+    correction comes back after a restart; a reset that tears its checkpoint (before the best
+    state's save) leaves the parameters from before it, never half of the delta."""
     s = digits
     m = s["model"]
     x, y = s["x"][:120], s["y"][:120]
@@ -126,11 +126,14 @@ def test_a_delta_that_hurts_validation_is_undone_and_a_torn_checkpoint_loses_not
         corr = adaptors.correct(m, s["source"], st)
         with board_io.Session(vb.port) as b:
             b.put(core.to_bytes(mid, corr), "delta.bin", force=True)
+        best = [vb.path(f"model.ckpt.best.{i}") for i in (0, 1)]
+        best_before = [open(p, "rb").read() if os.path.exists(p) else None for p in best]
         from microtrain.device.link import Link
         with Link(vb.port, "model.mtm") as link:
             link.command("clear_validation")
+            link.stream(xv[:cap], yv[:cap], validation=True, checkpoint=False)
             r = link.command("apply delta.bin")
-        assert r["kept"]
+        assert r["kept"] and r["before"] is not None, r        # validated: the best state from now on
         slots = [vb.path(f"model.ckpt.{i}") for i in (0, 1)]
         saved = [open(p, "rb").read() for p in slots]
         both = core.apply(m, good)
@@ -139,6 +142,11 @@ def test_a_delta_that_hurts_validation_is_undone_and_a_torn_checkpoint_loses_not
         vb.kill()
         for p, data in zip(slots, saved):
             open(p, "wb").write(data)
+        for p, data in zip(best, best_before):                    # the reset came before the best state's save
+            if data is None:
+                os.remove(p)
+            else:
+                open(p, "wb").write(data)
         newest = max((0, 1), key=lambda i: board_io.parse_checkpoint(saved[i])["generation"])
         open(slots[newest], "wb").write(saved[newest][:len(saved[newest]) // 2])     # a reset mid-write
         vb.start()
