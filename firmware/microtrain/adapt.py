@@ -28,6 +28,7 @@ import struct
 
 from . import checkpoint as ckpt
 from .model import OP_CONV, OP_DWCONV
+from .trainer import _ints as ints
 from ._compat import collect, mem_alloc, mem_free, ticks_diff, ticks_us
 
 WIDE_SHIFT = 2          # the statistics pass at 2^-2 of the output's scale
@@ -205,10 +206,6 @@ def _m(v, c):
     return v[c] if len(v) > 1 else v[0]
 
 
-def ints(buf):
-    return list(struct.unpack("<%di" % (len(buf) >> 2), bytes(buf)))
-
-
 def pack_ints(v):
     return struct.pack("<%di" % len(v), *v)
 
@@ -294,22 +291,17 @@ class Adaptor:
         t.model.run(t.views, t.classifier)
         return t.views[t.classifier][0]
 
-    def _wide_pass(self, i, x, s, q):
-        """Add one sample's statistics-pass values of layer i to the channel sums s and q."""
+    def _wide_pass(self, i, shift, s, q):
+        """Add layer i's statistics-pass values, on the input its views hold, to the channel sums."""
         t = self.t
         l = t.model.layers[i]
         k = t.k
-        views = t.views
-        t.model.set_input(x, views[0][0])
-        if i:
-            t.model.run(views, i)
+        x = t.views[i][0]
         y = memoryview(self.wide)[:l.out_size]
-        sh = self._shift
         if l.op == OP_CONV:
-            k.conv_forward(l.geom, views[i][0], l.zx, l.w, l.b, l.mult, sh, 0, -128, 127, l.rounding, y, None,
-                           t.scratch)
+            k.conv_forward(l.geom, x, l.zx, l.w, l.b, l.mult, shift, 0, -128, 127, l.rounding, y, None, t.scratch)
         else:
-            k.dwconv_forward(l.geom, views[i][0], l.zx, l.w, l.b, l.mult, sh, 0, -128, 127, l.rounding, y, None)
+            k.dwconv_forward(l.geom, x, l.zx, l.w, l.b, l.mult, shift, 0, -128, 127, l.rounding, y, None)
         c, n = 0, l.out_c
         for v in y:
             v = v - 256 if v > 127 else v
@@ -319,21 +311,32 @@ class Adaptor:
             if c == n:
                 c = 0
 
-    def stats(self, recs, idx, i):
-        """(mean, std) per channel of layer i's statistics pass over the records idx."""
-        l = self.model.layers[i]
-        sv = ints(l.shift)
-        self._shift = pack_ints([v - WIDE_SHIFT for v in sv])
-        s, q = [0] * l.out_c, [0] * l.out_c
+    def stats(self, recs, idx, layers):
+        """{layer: (mean, std) per channel} of the statistics pass of `layers` (ascending) over
+        the records idx: one forward pass per record, each layer measured on its input."""
+        t = self.t
+        model, views = t.model, t.views
+        shifts = [pack_ints([v - WIDE_SHIFT for v in ints(model.layers[i].shift)]) for i in layers]
+        sums = [([0] * model.layers[i].out_c, [0] * model.layers[i].out_c) for i in layers]
         for r in idx:
-            self._wide_pass(i, recs.read(r)[1], s, q)
-        n = len(idx) * l.out_size // l.out_c
-        ms, ss = [], []
-        for c in range(l.out_c):
-            m, d = finish_stats(s[c], q[c], n)
-            ms.append(m)
-            ss.append(d)
-        return ms, ss
+            model.set_input(recs.read(r)[1], views[0][0])
+            done = 0
+            for j, i in enumerate(layers):
+                if i > done:
+                    model.run(views, i, done)
+                    done = i
+                self._wide_pass(i, shifts[j], sums[j][0], sums[j][1])
+        out = {}
+        for j, i in enumerate(layers):
+            l = model.layers[i]
+            n = len(idx) * l.out_size // l.out_c
+            ms, ss = [], []
+            for c in range(l.out_c):
+                m, d = finish_stats(sums[j][0][c], sums[j][1][c], n)
+                ms.append(m)
+                ss.append(d)
+            out[i] = (ms, ss)
+        return out
 
     def anchors(self, src, k, out=None, limit=0):
         """Pick k anchors per class of the sample file src (its last `limit` records if given):
@@ -364,7 +367,7 @@ class Adaptor:
                      (b"ANCE", b"".join(bytes(embs[p * size:(p + 1) * size]) for p in picked))]
             embs = None
             collect()
-            stats = {i: self.stats(recs, [first + p for p in picked], i) for i in self.layers}
+            stats = self.stats(recs, [first + p for p in picked], self.layers)
         finally:
             recs.close()
         blobs += stats_blobs(stats)
@@ -416,7 +419,7 @@ class Adaptor:
                 if i not in srcs:
                     raise AdaptError("%s has no statistics of layer %d" % (source, i))
                 l = layers[i]
-                tm, ts = self.stats(recs, idx, i)
+                tm, ts = self.stats(recs, idx, [i])[i]
                 sm, ss = srcs[i]
                 mult, shift, bias = ints(l.mult), ints(l.shift), ints(l.b)
                 nm, ns, nb = [], [], []

@@ -146,14 +146,14 @@ class Model:
         self.input_view = bufs["input"]
         return views
 
-    def run(self, views, stop=0):
+    def run(self, views, stop=0, start=0):
         """The forward pass through prepared views; returns the probabilities' view (with stop:
-        layers [0, stop) only, and the view of layer stop - 1's output: split training's cut)."""
+        layers [start, stop) only, and the view of layer stop - 1's output: split training's cut)."""
         k = self.kernels
         scratch = self.scratch
         layers = self.layers
         n = stop or len(layers)
-        for i in range(n):
+        for i in range(start, n):
             l = layers[i]
             x, y, m = views[i]
             op = l.op
