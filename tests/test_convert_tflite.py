@@ -568,8 +568,8 @@ def test_unsupported_op_raises_with_its_name():
     mb = ModelBuilder()
     x = mb.act([1, 4], 0.1, 0)
     y = mb.act([1, 4], 0.1, 0)
-    mb.op("ADD", [x, x], [y], "AddOptions")
-    with pytest.raises(ValueError, match=r"operator 0 \(ADD\) is not supported"):
+    mb.op("MUL", [x, x], [y], "MulOptions")
+    with pytest.raises(ValueError, match=r"operator 0 \(MUL\) is not supported"):
         convert(mb.build([x], [y]))
 
 
@@ -598,7 +598,7 @@ def test_refused_models():
     mb.vals[a] = np.zeros((1, 4))
     b = add_fc(mb, rng, a, 2)
     c = add_fc(mb, rng, a, 2)
-    with pytest.raises(ValueError, match="branches|sequential"):
+    with pytest.raises(ValueError, match=r"tensor \d+ \(t\d+\) of layer fc\d is read by nothing"):
         convert(mb.build([x], [c]))
     # dilation
     mb = ModelBuilder()

@@ -18,6 +18,7 @@ OP_DWCONV = const(1)
 OP_MAXPOOL = const(2)
 OP_AVGPOOL = const(3)
 OP_SOFTMAX = const(4)
+OP_ADD = const(5)
 
 
 BUFFERS = (bytes, bytearray, memoryview)
@@ -37,6 +38,7 @@ WHOLE = slicer[:]
 class Layer:
     def __init__(self, d):
         self.op = modelfile.OPS.index(d["op"])
+        self.inputs = d["inputs"]  # the layers it reads (-1: the model input)
         self.geom_t = d["geom"]
         self.geom = typed("i", struct.pack("<13i", *d["geom"]))
         self.in_size = d["geom"][0] * d["geom"][1] * d["geom"][2]
@@ -93,55 +95,58 @@ class Model:
         self.labels = labels
         self.plan = modelfile.parse_plan(sections, layers)
         self.path = path
-        self._check_chain()
+        self._check_graph()
         self.kernels = backend.kernels
         self._views = None
 
-    def _check_chain(self):
-        size = self.in_size
+    def _check_graph(self):
         for i, l in enumerate(self.layers):
-            if l.in_size != size:
-                raise modelfile.ModelFileError("layer %d expects %d inputs, gets %d" % (i, l.in_size, size))
-            size = l.out_size
+            for j in l.inputs:
+                size = self.in_size if j < 0 else self.layers[j].out_size
+                if size != (l.out_size if l.op == OP_ADD else l.in_size):
+                    raise modelfile.ModelFileError("layer %d expects %d inputs, layer %d gives %d" % (i, l.in_size, j, size))
         if self.layers[-1].op != OP_SOFTMAX:
             raise modelfile.ModelFileError("the last layer must be a softmax classifier")
 
-    # ---- inference arena: input | ping0 | ping1 | scratch ----
+    def out_sizes(self):
+        """Every layer's output bytes (the classifier's logits and probabilities grow to max_classes)."""
+        sizes = [l.out_size for l in self.layers]
+        for i in (len(sizes) - 2, len(sizes) - 1):
+            if self.layers[i].out_c == self.n_classes:
+                sizes[i] = max(sizes[i], self.max_classes)
+        return sizes
+
+    # ---- inference arena: the activations by liveness (arena.py), then the kernels' scratch ----
     def _inference_views(self):
         if self._views is None:
-            ping = max(max(l.out_size for l in self.layers), self.max_classes)
+            from . import arena as ar
             scratch = 0
             for l in self.layers:
                 if l.op == OP_CONV:
                     scratch = max(scratch, self.kernels.conv_forward_scratch(l.geom))
-            a4 = lambda n: (n + 3) & ~3  # noqa: E731
-            arena = bytearray(a4(self.in_size) + 2 * a4(ping) + scratch)
-            mv = memoryview(arena)
-            o1 = a4(self.in_size)
-            o2 = o1 + a4(ping)
-            o3 = o2 + a4(ping)
-            bufs = {"input": mv[0:self.in_size], "ping0": mv[o1:o1 + ping], "ping1": mv[o2:o2 + ping],
-                    "scratch": mv[o3:o3 + scratch]}
-            self._arena = arena
-            self._views = self.forward_views(bufs, (), ())
+            sizes = self.out_sizes()
+            items, alias = ar.activations([l.inputs for l in self.layers], sizes, self.in_size,
+                                          inplace=inplace_layers(self))
+            offs, size = ar.place(items)
+            self._arena = bytearray(size + scratch)
+            mv = memoryview(self._arena)
+            bufs = {"scratch": mv[size:size + scratch], "input": mv[offs["input"]:offs["input"] + self.in_size]}
+            for i in range(len(self.layers)):
+                o = offs[ar.name_of(i, alias)]
+                bufs["act%d" % i] = mv[o:o + sizes[i]]
+            self._views = self.forward_views(bufs, ())
         return self._views
 
-    def forward_views(self, bufs, kept, masks):
-        """Per layer (input view, output view, mask view or None) in an arena's buffers: kept
-        outputs get their own buffer, the others alternate between ping0 and ping1."""
+    def forward_views(self, bufs, masks):
+        """Per layer [input view, output view, mask view or None, second input view or None] in an
+        arena's buffers: layer i writes act<i>, reads the buffers of the layers it names (where
+        lifetimes do not overlap, the plan's offsets let buffers share bytes)."""
+        outs = [bufs["act%d" % i][:l.out_size] for i, l in enumerate(self.layers)]
         views = []
-        x = bufs["input"]
-        ping = 0
         for i, l in enumerate(self.layers):
-            n = l.out_size
-            if i in kept:
-                y = bufs["act%d" % i][:n]
-            else:
-                y = bufs["ping%d" % ping][:n]
-                ping ^= 1
-            m = bufs["mask%d" % i][:(n + 7) >> 3] if i in masks else None
-            views.append([x, y, m])
-            x = y
+            ins = [bufs["input"] if j < 0 else outs[j] for j in l.inputs]
+            m = bufs["mask%d" % i][:(l.out_size + 7) >> 3] if i in masks else None
+            views.append([ins[0], outs[i], m, ins[1] if len(ins) > 1 else None])
         self.scratch = bufs["scratch"]
         self.input_view = bufs["input"]
         return views
@@ -155,7 +160,7 @@ class Model:
         n = stop or len(layers)
         for i in range(start, n):
             l = layers[i]
-            x, y, m = views[i]
+            x, y, m, x2 = views[i]
             op = l.op
             if op == OP_CONV:
                 k.conv_forward(l.geom, x, l.zx, l.w, l.b, l.mult, l.shift, l.zy, l.act_min, l.act_max,
@@ -167,6 +172,8 @@ class Model:
                 k.maxpool_forward(l.geom, x, y)
             elif op == OP_AVGPOOL:
                 k.avgpool_forward(l.geom, x, l.act_min, l.act_max, y)
+            elif op == OP_ADD:
+                k.add_forward(x, x2, l.mult, y, m)
             else:
                 sm = l.softmax
                 k.softmax_forward(x, 1, l.out_size, sm[0], sm[1], sm[2], y)
@@ -188,6 +195,11 @@ class Model:
         self.set_input(x, views[0][0])
         p = self.run(views)
         return [(v ^ 0x80) / 256 for v in bytes(p)]      # int8 y -> (y + 128) / 256
+
+
+def inplace_layers(model):
+    """Layers that may write their output over their first input (element-wise: ADD)."""
+    return [i for i, l in enumerate(model.layers) if l.op == OP_ADD]
 
 
 def argmax(probs):

@@ -1,4 +1,4 @@
-# The microtrain model file (.mtm), version 1: reader (runs on the board and on the host).
+# The microtrain model file (.mtm), version 2: reader (runs on the board and on the host).
 #
 #   header   '<4sHHI'  magic b'MTRN', version, n_sections, crc32(header[0:8] + section table)
 #   table    n x '<4sIII'  tag, offset, length, crc32 of the section
@@ -14,24 +14,28 @@
 import struct
 
 MAGIC = b"MTRN"
-VERSION = 1
+VERSION = 2                  # 2: layers name their inputs (a graph, not a chain); ADD
 HEADER_FMT = "<4sHHI"
 SECTION_FMT = "<4sIII"
 INFO_FMT = "<HHHHHhHHf"      # n_layers n_classes in_h in_w in_c in_zp max_classes flags in_scale
-LAYER_FMT = "<BBH13i7i5I"    # op flags pad, geom[13], zx zy act_min act_max sm_mult sm_shift sm_diff_min,
+LAYER_FMT = "<BBhh13i7i5I"   # op flags in0 in1, geom[13], zx zy act_min act_max sm_mult sm_shift sm_diff_min,
 #                              w_off w_len b_off q_off q_n
+# in0 / in1: the layers whose outputs this layer reads (-1: the model input, NO_INPUT: none);
+# layers are stored in an order where every layer comes after the layers it reads
 PLAN_FMT = "<HHHHIIIfiiHHH"  # n_train first_backward n_grads flags seed arena inference_arena lr
 #                              class_add_mult class_add_shift n_kept n_masks n_buffers
 TRAIN_FMT = "<HHHHIII"       # layer flags cin_lo cin_hi rows_off n_rows wq_off (bq_off follows)
 GRAD_FMT = "<HhI"            # layer exp_adjust q_off
 BUFFER_FMT = "<8sII"         # name offset size
 NONE = 0xFFFFFFFF
+NO_INPUT = -2
+ADD_PARAMS = 12              # an ADD layer's int32 parameters in QPAR (the kernel's params)
 HOST_TAG = "HOST"
-# the arena buffers every training plan has (plus act<i> / mask<i> for kept outputs and masks)
-ARENA_BUFFERS = ("input", "ping0", "ping1", "grad0", "grad1", "gacc", "scratch", "val_x", "val_y", "replay",
+# the arena buffers every training plan has (plus act<i> / mask<i> for layer outputs and masks)
+ARENA_BUFFERS = ("input", "grad0", "grad1", "gacc", "scratch", "val_x", "val_y", "replay",
                  "replay_n", "telem")
 
-OPS = ("conv", "dwconv", "maxpool", "avgpool", "softmax")
+OPS = ("conv", "dwconv", "maxpool", "avgpool", "softmax", "add")
 FLAG_DOUBLE_ROUNDING = 1
 FLAG_BIAS = 2
 PLAN_QAS = 1
@@ -73,7 +77,10 @@ def read_sections(f, skip=(HOST_TAG,), where=None):
     if version > VERSION:
         raise ModelFileError("model file version %d is newer than this microtrain (reads %d): update the board library"
                              % (version, VERSION))
-    if version < 1 or n == 0 or n > MAX_SECTIONS:
+    if version < VERSION:
+        raise ModelFileError("model file version %d is older than this microtrain's (%d): convert the model again"
+                             % (version, VERSION))
+    if n == 0 or n > MAX_SECTIONS:
         raise ModelFileError("corrupted header (version %d, %d sections)" % (version, n))
     table = _read_exact(f, n * struct.calcsize(SECTION_FMT), "section table")
     if _crc(head[:8] + table) != crc:
@@ -84,7 +91,7 @@ def read_sections(f, skip=(HOST_TAG,), where=None):
     pos = struct.calcsize(HEADER_FMT) + len(table)
     size = _size(f, pos)
     sections = {}
-    for tag, off, length, scrc in sorted(entries, key=lambda e: e[1]):
+    for tag, off, length, scrc in sorted(entries, key=lambda e: (e[1], e[2])):   # (MicroPython sorts unstably: an empty section first)
         try:
             tag = bytes(tag).decode()
         except UnicodeError:
@@ -171,11 +178,17 @@ def parse_layers(sections):
         op, flags = v[0], v[1]
         if op >= len(OPS):
             raise ModelFileError("layer %d has unknown op %d" % (i, op))
-        geom = v[3:16]
-        zx, zy, amin, amax, sm_mult, sm_shift, sm_diff = v[16:23]
-        w_off, w_len, b_off, q_off, q_n = v[23:28]
+        ins = (v[2],) if v[3] == NO_INPUT else (v[2], v[3])
+        for j in ins:
+            if not -1 <= j < i:
+                raise ModelFileError("layer %d reads layer %d: a layer reads the input or the layers before it" % (i, j))
+        geom = v[4:17]
+        zx, zy, amin, amax, sm_mult, sm_shift, sm_diff = v[17:24]
+        w_off, w_len, b_off, q_off, q_n = v[24:29]
         out_c = geom[5]
-        d = {"op": OPS[op], "geom": geom, "zx": zx, "zy": zy, "act_min": amin, "act_max": amax,
+        if (len(ins) == 2) != (OPS[op] == "add"):
+            raise ModelFileError("layer %d (%s) reads %d inputs" % (i, OPS[op], len(ins)))
+        d = {"op": OPS[op], "inputs": ins, "geom": geom, "zx": zx, "zy": zy, "act_min": amin, "act_max": amax,
              "double_rounding": flags & FLAG_DOUBLE_ROUNDING, "softmax": (sm_mult, sm_shift, sm_diff),
              "w": None, "b": None, "mult": None, "shift": None}
         if d["op"] in ("conv", "dwconv"):
@@ -186,6 +199,10 @@ def parse_layers(sections):
                 raise ModelFileError("layer %d has %d multipliers for %d channels" % (i, q_n, out_c))
             d["mult"] = _slice(sections["QPAR"], q_off, 4 * q_n, "layer %d multipliers" % i)
             d["shift"] = _slice(sections["QPAR"], q_off + 4 * q_n, 4 * q_n, "layer %d shifts" % i)
+        elif d["op"] == "add":
+            if q_n != ADD_PARAMS:
+                raise ModelFileError("layer %d (add) has %d parameters, not %d" % (i, q_n, ADD_PARAMS))
+            d["mult"] = _slice(sections["QPAR"], q_off, 4 * q_n, "layer %d parameters" % i)
         layers.append(d)
     labels = []
     if "LABL" in sections and len(sections["LABL"]):
@@ -259,7 +276,7 @@ def parse_plan(sections, layers):
         if off + size > arena or off & 3:
             raise ModelFileError("PLAN buffer %s lies outside the arena or is misaligned" % name)
         plan["buffers"][name] = (off, size)
-    need = list(ARENA_BUFFERS) + ["act%d" % i for i in plan["kept"]] + ["mask%d" % i for i in plan["masks"]]
+    need = list(ARENA_BUFFERS) + ["act%d" % i for i in range(len(layers))] + ["mask%d" % i for i in plan["masks"]]
     for name in need:
         if name not in plan["buffers"]:
             raise ModelFileError("PLAN has no arena buffer %s" % name)

@@ -116,7 +116,7 @@ class Trainer:
         for name, (off, size) in plan["buffers"].items():
             bufs[name] = mv[off:off + size]
         self.masks = set(plan["masks"])
-        self.views = model.forward_views(bufs, set(plan["kept"]), self.masks)
+        self.views = model.forward_views(bufs, self.masks)
         self.scratch = bufs["scratch"]
         self._backward_views()
         self.rng = array.array("I", [plan["seed"] or 1])
@@ -140,6 +140,9 @@ class Trainer:
         self.val_x, self.val_y = bufs["val_x"], bufs["val_y"]
         self.val_capacity = len(self.val_y)
         self.val_n = 0
+        # validation samples too large for the arena (a plan with an empty val_x, e.g. 96x96 RGB
+        # images): one slot each in a file on the board's flash, read back into the input view
+        self.val_file = checkpoint_path + ".vals" if len(self.val_x) < self.val_capacity * model.in_size else None
         self.replay_x, self.replay_n = bufs["replay"], bufs["replay_n"]
         self.replay_per_class = len(self.replay_x) // (model.max_classes * model.in_size)
         size = model.in_size
@@ -171,7 +174,8 @@ class Trainer:
             gp = other[:2 * l.out_size] if (down and l.op in (OP_CONV, OP_DWCONV)) else None
             acc = gacc[:4 * l.in_size] if down else None
             gx = other[:2 * l.in_size] if down else None
-            mask = self.views[i - 1][2] if (down and (i - 1) in self.masks) else None
+            p = l.inputs[0]     # the planner keeps the backward path a chain: p == i - 1
+            mask = self.views[p][2] if (down and p in self.masks) else None
             steps.append(BackStep(i, l, gy, gp, acc, gx, mask, gs, down))
             if down:
                 cur = 1 - cur
@@ -335,14 +339,27 @@ class Trainer:
         """Keep a sample on the board for evaluate() (up to val_capacity; the oldest is replaced)."""
         i = self.val_n % self.val_capacity
         n = self.model.in_size
-        self.val_x[i * n:(i + 1) * n] = x if isinstance(x, (bytes, bytearray)) else bytes(x)
+        x = x if isinstance(x, BUFFERS) else bytes(x)
+        if self.val_file is None:
+            self.val_x[i * n:(i + 1) * n] = x
+        else:                   # a fresh file, then appended slots, then slots overwritten in turn
+            with open(self.val_file, "wb" if not self.val_n else "ab" if i == self.val_n else "r+b") as f:
+                if i < self.val_n:
+                    f.seek(i * n)
+                f.write(x)
         self.val_y[i] = label
         self.val_n += 1
 
     def evaluate(self, samples=None):
         """Accuracy on the stored validation samples (or on an iterable of (x, label))."""
         right = total = 0
-        if samples is None:
+        if samples is None and self.val_file is not None and self.val_n:
+            with open(self.val_file, "rb") as f:
+                for i in range(min(self.val_n, self.val_capacity)):
+                    f.readinto(self.views[0][0])
+                    right += argmax(self.model.run(self.views)) == self.val_y[i]
+                    total += 1
+        elif samples is None:
             n = self.model.in_size
             for i in range(min(self.val_n, self.val_capacity)):
                 right += self.predict(self.val_x[i * n:(i + 1) * n]) == self.val_y[i]
@@ -570,7 +587,7 @@ class Trainer:
         self.model.n_classes = n_classes
         # the last two layers' views now cover n_classes elements (their buffers hold max_classes)
         bufs = self.bufs
-        self.views = self.model.forward_views(bufs, set(self.plan["kept"]), self.masks)
+        self.views = self.model.forward_views(bufs, self.masks)
         self._backward_views()
         self.n_params = self._count_params()
 

@@ -1,9 +1,10 @@
-"""TFLite int8 model (TensorFlow Lite Micro / Edge Impulse style) -> microtrain's quantized chain.
+"""TFLite int8 model (TensorFlow Lite Micro / Edge Impulse style) -> microtrain's quantized graph.
 
     model = load_tflite("micro_speech_quantized.tflite", labels=["silence", "unknown", "yes", "no"])
 
-What converts: one subgraph that is a sequential chain (every operator reads the previous one's
-output, nothing branches) of
+What converts: one subgraph, one input and one output, operators in execution order that each
+read activations earlier operators wrote (a chain, or a graph with branches such as ResNet's
+residual connections; every activation is read by something or is the output) of
 
     FULLY_CONNECTED              -> conv QLayer, Geom.dense(rows, in, out); single rounding
     CONV_2D                      -> conv QLayer (OHWI weights as they are); double rounding
@@ -13,12 +14,13 @@ output, nothing branches) of
                                     refused; mean="dwconv" makes it a bit-exact depthwise layer
                                     (see _Converter.mean for TFLite's integer mean)
     RESHAPE, SQUEEZE, EXPAND_DIMS-> nothing (a byte copy in [H][W][C] order)
+    ADD (same shapes)            -> add, reading two layers (TFLite's int8 ADD arithmetic)
     SOFTMAX (last)               -> softmax (beta from the model)
 
 with int8 activations (per tensor), int8 weights (per tensor or per output channel, zero point 0)
 and int32 biases.  Fused NONE / RELU / RELU_N1_TO_1 / RELU6 become act_min / act_max exactly as
 TFLite's CalculateActivationRangeQuantized computes them.  Everything else (uint8, float, int16
-or hybrid models, other operators, branches, dilation, per-channel FULLY_CONNECTED, shuffled or
+or hybrid models, other operators, second outputs, broadcasting, dilation, per-channel FULLY_CONNECTED, shuffled or
 sparse weights) is refused with a ValueError naming the operator and its index.
 
 The integer parameters are computed the way ai-edge-litert's reference kernels compute them, so the
@@ -57,7 +59,7 @@ _TYPES = {0: "FLOAT32", 1: "FLOAT16", 2: "INT32", 3: "UINT8", 4: "INT64", 5: "ST
           14: "VARIANT", 15: "UINT32", 16: "UINT16", 17: "INT4", 18: "BFLOAT16"}
 _ACTIVATIONS = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5: "SIGN_BIT"}
 _RESHAPES = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
-SUPPORTED = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN",
+SUPPORTED = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN", "ADD",
              "SOFTMAX") + _RESHAPES
 
 
@@ -396,47 +398,50 @@ class _Converter:
                              "models (int8 input and output) convert")
         pseudo = Op(-1, "input", [x], [x])
         in_scale, in_zp = self.act_q(x, pseudo, "model input")
-        # who reads which tensor: a chain reads every activation exactly once
-        readers = {}
-        for op in g.ops:
-            for v in op.inputs:
-                if v >= 0:
-                    readers.setdefault(v, []).append(op.index)
+        # the graph: which layer writes each activation tensor (-1: the model input; reshapes
+        # write nothing, their output is their input's bytes)
+        self.producer = {x: -1}
         layers, outs = [], []
-        input_shape = None
-        cur = x
         for k, op in enumerate(g.ops):
+            out_name = self.t(op.outputs[0]).name if op.outputs and op.outputs[0] >= 0 else "?"
             if op.name not in SUPPORTED:
-                raise ValueError(f"operator {op.index} ({op.name}) is not supported; microtrain converts "
-                                 f"chains of {', '.join(SUPPORTED)}")
-            if not op.inputs or op.inputs[0] != cur:
-                raise ValueError(f"operator {op.index} ({op.name}) does not read the output of the operator "
-                                 "before it: only sequential chains convert")
+                raise ValueError(f"operator {op.index} ({op.name}) is not supported (it writes tensor "
+                                 f"{op.outputs[0] if op.outputs else '?'}, {out_name}); microtrain converts "
+                                 f"{', '.join(SUPPORTED)}")
             if len(op.outputs) != 1:
-                raise _err(op, f"has {len(op.outputs)} outputs; a chain layer has one")
-            if readers.get(cur, []) != [op.index]:
-                raise ValueError(f"tensor {cur} ({self.t(cur).name}) is read by operators "
-                                 f"{readers.get(cur, [])}: the graph branches, only sequential chains convert")
-            for v in op.inputs[1:]:
-                if v >= 0 and self.t(v).data is None:
-                    raise ValueError(f"operator {op.index} ({op.name}) has a second activation input "
-                                     f"(tensor {v}): only sequential chains convert")
+                raise _err(op, f"has {len(op.outputs)} outputs; a layer has one")
+            acts = [v for v in op.inputs if v >= 0 and self.t(v).data is None]
+            for v in acts:
+                if v not in self.producer:
+                    raise _err(op, f"reads tensor {v} ({self.t(v).name}), which no operator before it writes")
+            if not op.inputs or op.inputs[0] not in self.producer:
+                raise _err(op, "its first input is not an activation")
+            if len(acts) > (2 if op.name == "ADD" else 1):
+                raise _err(op, f"reads {len(acts)} activation tensors {acts}: only ADD reads two")
             if op.name == "SOFTMAX" and k != len(g.ops) - 1:
                 raise _err(op, "SOFTMAX must be the last operator")
             y = op.outputs[0]
             if op.name in _RESHAPES:
                 self.reshape(op)
-            else:
-                layer = getattr(self, op.name.lower())(op)
-                if input_shape is None:
-                    input_shape = (layer.geom.in_h, layer.geom.in_w, layer.geom.in_c)
-                layers.append(layer)
-                outs.append(y)
-            cur = y
-        if cur != g.outputs[0]:
-            raise ValueError(f"the last operator writes tensor {cur}, the model output is tensor {g.outputs[0]}")
+                self.producer[y] = self.producer[op.inputs[0]]
+                continue
+            layer = getattr(self, op.name.lower())(op)
+            layer.inputs = tuple(self.producer[v] for v in (acts if op.name == "ADD" else op.inputs[:1]))
+            self.producer[y] = len(layers)
+            layers.append(layer)
+            outs.append(y)
         if not layers:
             raise ValueError("the model has no computing layer (only reshapes)")
+        if self.producer.get(g.outputs[0]) != len(layers) - 1:
+            raise ValueError(f"the model output is tensor {g.outputs[0]} ({self.t(g.outputs[0]).name}), "
+                             "not the last operator's output")
+        read = {j for l in layers for j in l.inputs}
+        for i, l in enumerate(layers[:-1]):
+            if i not in read:
+                raise ValueError(f"tensor {outs[i]} ({self.t(outs[i]).name}) of layer {l.name} is read by nothing "
+                                 "and is not the model output: a graph with a second output does not convert")
+        first = next(l for l in layers if -1 in l.inputs)
+        input_shape = (first.geom.in_h, first.geom.in_w, first.geom.in_c)
         if layers[-1].op != "softmax" and append_softmax:
             last = layers[-1]
             n = last.geom.out_h * last.geom.out_w * last.geom.out_c
@@ -629,6 +634,32 @@ class _Converter:
         geom = ref.Geom.pool(h, w_, c, h, w_)
         self._check_out(op, geom, ty, size_only=True)
         return QLayer("avgpool", geom, s_x, z_x, s_x, z_x, name=f"mean{op.index}")
+
+    def add(self, op):
+        """int8 ADD of two tensors of one shape, as TFLite prepares it (add.cc): both inputs
+        shifted left by 20, rescaled to twice the larger input scale, summed, rescaled to the
+        output, each multiplier from QuantizeMultiplierSmallerThanOneExp."""
+        a, b = op.inputs[0], op.inputs[1]
+        y = op.outputs[0]
+        s1, z1 = self.act_q(a, op, "first input")
+        s2, z2 = self.act_q(b, op, "second input")
+        s_y, z_y = self.act_q(y, op, "output")
+        ta, tb, ty = self.t(a), self.t(b), self.t(y)
+        if not (ta.shape == tb.shape == ty.shape):
+            raise _err(op, f"adds tensors of shapes {list(ta.shape)} and {list(tb.shape)} into {list(ty.shape)}: "
+                           "broadcasting is not supported")
+        o = self.options(op, "AddOptions", required=False)
+        act = o.FusedActivationFunction() if o is not None else 0
+        left = 20
+        twice = 2.0 * float(max(np.float32(s1), np.float32(s2)))
+        (m1, e1), (m2, e2), (my, ey) = (quantize_multiplier(float(np.float32(s1)) / twice),
+                                        quantize_multiplier(float(np.float32(s2)) / twice),
+                                        quantize_multiplier(twice / float(np.float32((1 << left) * np.float32(s_y)))))
+        amin, amax = activation_range(act, s_y, z_y, op)
+        h, w_, c = _hwc(ta.shape, op, "input")
+        params = ref.AddParams(z1, z2, z_y, left, m1, e1, m2, e2, my, ey, amin, amax)
+        return QLayer("add", ref.Geom(h, w_, c, h, w_, c), s1, z1, s_y, z_y, amin, amax, add=params, s_x2=s2, z_x2=z2,
+                      name=f"add{op.index}")
 
     def softmax(self, op):
         tx, ty, s_x, z_x, s_y, z_y = self._io(op)

@@ -49,8 +49,11 @@ def to_bytes(model, plan=None):
                 b_off = bias.add(np.asarray(l.b, "<i4").tobytes())
             mult, shift = np.asarray(l.mult, "<i4").ravel(), np.asarray(l.shift, "<i4").ravel()
             q_off, q_n = qpar.add(mult.tobytes() + shift.tobytes()), mult.size
+        elif l.op == "add":
+            q_off, q_n = qpar.add(np.asarray(l.add.array(), "<i4").tobytes()), fmt.ADD_PARAMS
         sm = l.softmax or (0, 0, 0)
-        layr += struct.pack(fmt.LAYER_FMT, fmt.OPS.index(l.op), flags, 0, *[int(v) for v in g.array()],
+        ins = tuple(l.inputs) + (fmt.NO_INPUT,) * (2 - len(l.inputs))
+        layr += struct.pack(fmt.LAYER_FMT, fmt.OPS.index(l.op), flags, *ins, *[int(v) for v in g.array()],
                             l.z_x, l.z_y, l.act_min, l.act_max, int(sm[0]), int(sm[1]), int(sm[2]),
                             w_off, w_len, b_off, q_off, q_n)
     h, w_, c = model.input_shape
@@ -71,13 +74,13 @@ def _host_bytes(model, plan):
     (float scales, names, the plan's policy and report figures).  JSON, whose floats read back
     to the same float64; the board skips the section (its CRC is still checked)."""
     meta = {"name": model.name, "input_scale": model.input_scale,
-            "layers": [{"name": l.name, "s_x": l.s_x, "s_y": l.s_y,
+            "layers": [{"name": l.name, "s_x": l.s_x, "s_y": l.s_y, "s_x2": l.s_x2,
                         "s_w": None if l.s_w is None else [float(v) for v in np.ravel(l.s_w)]}
                        for l in model.layers]}
     if plan is not None:
         meta["plan"] = {"policy": plan.policy, "lr": plan.lr, "notes": list(plan.notes), "word_bytes": plan.word_bytes,
                         "weight_bytes_ram": plan.weight_bytes_ram, "frozen_bytes": plan.frozen_bytes,
-                        "weights_bytes": plan.weights_bytes, "weights_in_flash": plan.weights_in_flash,
+                        "weights_bytes": plan.weights_bytes, "sum_of_tensors": plan.sum_of_tensors, "weights_in_flash": plan.weights_in_flash,
                         "split": plan.split_meta}
     return json.dumps(meta, separators=(",", ":")).encode()
 
@@ -150,7 +153,8 @@ def from_bytes(data):
     for d, lm in zip(layers, lmeta):
         g = ref.Geom(*d["geom"])
         ql = QLayer(d["op"], g, s_x=lm.get("s_x"), z_x=d["zx"], s_y=lm.get("s_y"), z_y=d["zy"], act_min=d["act_min"],
-                    act_max=d["act_max"], double_rounding=bool(d["double_rounding"]), name=lm.get("name", ""))
+                    act_max=d["act_max"], double_rounding=bool(d["double_rounding"]), name=lm.get("name", ""),
+                    inputs=d["inputs"], s_x2=lm.get("s_x2"))
         if lm.get("s_w") is not None:
             ql.s_w = np.array(lm["s_w"], np.float64)
         if d["w"] is not None:
@@ -159,6 +163,9 @@ def from_bytes(data):
             ql.mult, ql.shift = _i32(d["mult"]), _i32(d["shift"])
         if d["op"] == "softmax":
             ql.softmax = d["softmax"]
+        if d["op"] == "add":
+            ql.add = ref.AddParams(*[int(v) for v in _i32(d["mult"])])
+            ql.z_x2 = ql.add.z2
         qlayers.append(ql)
     if meta is not None:
         model = QModel(qlayers, (h, w, c), meta["input_scale"], zp, labels, meta["name"])
@@ -189,6 +196,7 @@ def _plan(model, raw, meta, max_classes):
     p.notes = list(meta.get("notes", []))
     p.word_bytes = meta.get("word_bytes", 4)
     p.weights_bytes = meta.get("weights_bytes", 0)
+    p.sum_of_tensors = meta.get("sum_of_tensors", 0)
     p.weights_in_flash = meta.get("weights_in_flash", False)
     p.cut = raw["cut"]
     p.split_meta = meta.get("split")
@@ -210,7 +218,7 @@ def replace_tensors(original, trained):
         if l.w is None:
             continue
         v = struct.unpack_from(fmt.LAYER_FMT, sections["LAYR"], i * lsize)
-        w_off, w_len, b_off = v[23], v[24], v[25]
+        w_off, w_len, b_off = v[24], v[25], v[26]
         wght[w_off:w_off + w_len] = np.asarray(l.w, np.int8).tobytes()
         if l.b is not None:
             b = np.asarray(l.b, "<i4").tobytes()

@@ -1,5 +1,8 @@
-"""The quantized model: a chain of int8 layers, the form every converter produces and the
-model file, the planner and the simulator consume.
+"""The quantized model: a graph of int8 layers in execution order, the form every converter
+produces and the model file, the planner and the simulator consume.
+
+Every layer names the layers whose outputs it reads (`inputs`, -1 the model input; None when it
+is built: the layer before it, so a chain needs no bookkeeping).  Only `add` reads two.
 
 A fully connected layer is a `conv` layer with Geom.dense(1, in_features, out_features): it reads
 the previous layer's [H][W][C] output as one flat vector, which is TFLite's flattening order.
@@ -35,6 +38,10 @@ class QLayer:
     double_rounding: bool = False    # TFLite CONV_2D / DEPTHWISE rounding (FC rounds once)
     softmax: tuple = None            # (beta_mult, beta_left_shift, diff_min)
     name: str = ""
+    inputs: tuple = None             # producer layers (-1: the model input); None: the layer before
+    add: ref.AddParams = None        # add: TFLite's int8 ADD parameters (z_x / s_x: the first input)
+    s_x2: float = None               # add: the second input's scale / zero point
+    z_x2: int = 0
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -79,23 +86,45 @@ class QModel:
     name: str = "model"
 
     def __post_init__(self):
+        for i, l in enumerate(self.layers):
+            if l.inputs is None:
+                l.inputs = (i - 1,)
+            l.inputs = tuple(int(j) for j in l.inputs)
         self.check()
+
+    def readers(self):
+        """{producer (-1: the input): [layers that read its output]}."""
+        r = {}
+        for i, l in enumerate(self.layers):
+            for j in l.inputs:
+                r.setdefault(j, []).append(i)
+        return r
 
     @property
     def n_classes(self):
         return self.layers[-1].geom.out_c
 
     def check(self):
-        """Shapes chain together and quantization parameters agree between neighbours."""
+        """Shapes fit and quantization parameters agree between every layer and those it reads."""
         if not self.layers:
             raise ValueError("a model needs at least one layer")
-        size = int(np.prod(self.input_shape))
-        s, z = self.input_scale, self.input_zero_point
+        n_in = int(np.prod(self.input_shape))
         for i, l in enumerate(self.layers):
-            if l.in_size != size:
-                raise ValueError(f"layer {i} ({l.op}) expects {l.in_size} inputs, the previous layer gives {size}")
-            if l.z_x != z or (l.s_x is not None and s is not None and not np.isclose(l.s_x, s, rtol=1e-6)):
-                raise ValueError(f"layer {i} ({l.op}) input quantization ({l.s_x}, {l.z_x}) != previous output ({s}, {z})")
+            if len(l.inputs) != (2 if l.op == "add" else 1):
+                raise ValueError(f"layer {i} ({l.op}) reads {len(l.inputs)} inputs")
+            for k, j in enumerate(l.inputs):
+                if not -1 <= j < i:
+                    raise ValueError(f"layer {i} ({l.op}) reads layer {j}: a layer reads the input or earlier layers")
+                size = n_in if j < 0 else self.layers[j].out_size
+                s, z = (self.input_scale, self.input_zero_point) if j < 0 else (self.layers[j].s_y, self.layers[j].z_y)
+                sx, zx = (l.s_x, l.z_x) if k == 0 else (l.s_x2, l.z_x2)
+                what = "the input" if j < 0 else f"layer {j}"
+                if l.in_size != size:
+                    raise ValueError(f"layer {i} ({l.op}) expects {l.in_size} inputs, {what} gives {size}")
+                if zx != z or (sx is not None and s is not None and not np.isclose(sx, s, rtol=1e-6)):
+                    raise ValueError(f"layer {i} ({l.op}) input quantization ({sx}, {zx}) != {what}'s output ({s}, {z})")
+            if l.op == "add" and l.add is None:
+                raise ValueError(f"layer {i} (add) has no parameters")
             if l.op in PARAMETRIC:
                 if l.w is None or l.mult is None:
                     raise ValueError(f"layer {i} ({l.op}) has no weights or multipliers")
@@ -104,7 +133,6 @@ class QModel:
                     raise ValueError(f"layer {i} weights have {l.w.size} elements, expected {n_w}")
             if l.op in ("maxpool", "avgpool") and (l.s_y != l.s_x or l.z_y != l.z_x):
                 raise ValueError(f"layer {i} ({l.op}) must keep its input quantization")
-            size, s, z = l.out_size, l.s_y, l.z_y
         if self.layers[-1].op == "softmax" and self.labels and len(self.labels) != self.n_classes:
             raise ValueError(f"{len(self.labels)} labels for {self.n_classes} classes")
 
@@ -125,18 +153,18 @@ class QModel:
 
 def forward(model, xq, keep=False):
     """Integer forward pass with the reference kernels: logits/probabilities (int8), and with
-    keep=True every layer's output and clamp mask."""
+    keep=True every layer's (output, clamp mask)."""
     x = np.asarray(xq, dtype=np.int8).ravel()
     outs = []
     for l in model.layers:
-        y, mask = run_layer(l, x)
-        outs.append((y, mask))
-        x = y
-    return outs if keep else x
+        outs.append(run_layer(l, *[x if j < 0 else outs[j][0] for j in l.inputs]))
+    return outs if keep else outs[-1][0]
 
 
-def run_layer(l, x):
+def run_layer(l, x, x2=None):
     g = l.geom
+    if l.op == "add":
+        return ref.add_forward(x, x2, l.add)
     if l.op == "conv":
         return ref.conv_forward(g, x, l.z_x, l.w, l.b, l.mult, l.shift, l.z_y, l.act_min, l.act_max,
                                 l.double_rounding)

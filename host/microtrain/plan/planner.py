@@ -19,13 +19,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from microtrain.board import telemetry
+from microtrain.board import arena, telemetry
 from microtrain.sim import reference
 from microtrain.model.qmodel import PARAMETRIC
 from microtrain.model.fixedpoint import quantize_multipliers
 
 ALIGN = 4
 SPARE_CLASSES = 2            # rows reserved for classes added on the board
+SAMPLES_IN_ARENA = 16384     # the most bytes of validation samples / replay memory kept in RAM: larger
+#                              validation sets live in a file on the board's flash, larger replay
+#                              memories are dropped (class addition then learns from its own samples)
 
 
 @dataclass
@@ -115,7 +118,8 @@ class Plan:
         lines += [f"note: {n}" for n in self.notes]
         where = ("stay in flash (read in place)" if self.weights_in_flash else
                  f"are read into the heap with the model's {self.weights_bytes} B of weights")
-        lines.append(f"RAM: training arena {self.arena_size} B, inference arena {self.inference_arena} B, "
+        lines.append(f"RAM: training arena {self.arena_size} B (by liveness; {self.sum_of_tensors} B without sharing), "
+                     f"inference arena {self.inference_arena} B, "
                      f"trainable weights {self.weight_bytes_ram} B; frozen weights {self.frozen_bytes} B {where}")
         lines.append(f"peak training RAM (arena + trainable weights + ~{self.bookkeeping_bytes} B of objects): "
                      f"{self.peak_bytes} B")
@@ -131,6 +135,8 @@ class Plan:
         return self.word_bytes * (264 + 3 * len(self.buffers) + 37 * max(self.n_backward, 1))
 
     n_backward: int = 0
+    sum_of_tensors: int = 0     # the training arena without sharing (every buffer its own bytes)
+    step_arena: int = 0         # the arena a training step needs: without the samples and telemetry the board keeps
 
     @property
     def peak_bytes(self):
@@ -212,6 +218,34 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
          val_capacity=8, replay_per_class=2, word_bytes=4, weights_flash_bytes=0, cut=0):
     """Build the training plan; raises PlanError if it needs more than `budget` bytes of RAM.
 
+    "sparse" fits itself to the model and the board: where the whole sparse set does not fit the
+    budget (or its backward pass would cross a branch of the graph), it keeps the sparse choices
+    of the top layers only - the deepest start that fits - and says so in the plan's notes."""
+    kw = dict(lr=lr, qas=qas, budget=budget, max_classes=max_classes, seed=seed, val_capacity=val_capacity,
+              replay_per_class=replay_per_class, word_bytes=word_bytes, weights_flash_bytes=weights_flash_bytes, cut=cut)
+    try:
+        return _plan(model, policy, **kw)
+    except PlanError as e:
+        if policy != "sparse" or cut:
+            raise
+        first_error = e
+    spec = resolve_policy(model, "sparse")
+    par = parametric_layers(model)
+    for k in par[1:]:
+        try:
+            p = _plan(model, {i: v for i, v in spec.items() if i >= k}, **kw)
+        except PlanError:
+            continue
+        p.policy = "sparse"
+        p.notes.insert(0, f"the whole sparse set does not fit ({first_error}); sparse from layer {k} up")
+        return p
+    raise first_error
+
+
+def _plan(model, policy, lr, qas, budget, max_classes, seed, val_capacity, replay_per_class, word_bytes,
+          weights_flash_bytes, cut):
+    """The plan of one policy (see plan).
+
     cut: split training (microtrain.plan.split): the plan of the board's part, layers [0, cut) -
     their trainable tensors, their backward from the gradient the host returns at the cut, and the
     clamp mask of layer cut - 1 the host needs; layers >= cut belong to the host.
@@ -244,6 +278,10 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
             t.b_mult, t.b_shift = quantize_multipliers(bf)
         train.append(t)
     if cut:
+        branch = next((i for i, l in enumerate(layers) if l.inputs != (i - 1,)), None)
+        if branch is not None:
+            raise PlanError(f"split training runs chains only: layer {branch} ({layers[branch].op} "
+                            f"{layers[branch].name}) reads {list(layers[branch].inputs)}")
         if not 1 <= cut <= len(layers) - 2:
             raise PlanError(f"cut {cut}: the board runs layers [0, cut) and the host at least the classifier and "
                             f"its softmax, so the cut is 1 to {len(layers) - 2}")
@@ -283,6 +321,21 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
                 t.b_mult, t.b_shift = quantize_multipliers(lr / (np.asarray(layers[t.layer].s_w, np.float64) * layers[t.layer].s_x)
                                                            if qas else lr * np.asarray(layers[t.layer].s_w) * layers[t.layer].s_x)
 
+    # the backward pass runs down a chain: above the lowest trained layer no layer may read two
+    # inputs or share its input with another reader (a gradient through a branch is not built)
+    readers = model.readers()
+    for i in range(last, first, -1):
+        if layers[i].inputs != (i - 1,) or readers.get(i - 1) != [i]:
+            what = (f"layer {i} ({layers[i].op} {layers[i].name}) reads {len(layers[i].inputs)} inputs"
+                    if len(layers[i].inputs) > 1 or layers[i].inputs != (i - 1,) else
+                    f"the output of layer {i - 1} ({layers[i - 1].op} {layers[i - 1].name}) is read by layers "
+                    f"{readers.get(i - 1)}")
+            above = [k for k in parametric_layers(model) if k >= i]
+            raise PlanError(f"policy {policy if isinstance(policy, str) else 'custom'!r} trains layer {first}, and its "
+                            f"backward pass would cross a branch of the graph: {what}; gradients through "
+                            f"branches are not supported yet: train layers above layer {i - 1} "
+                            f"(policy 'last-{len(above)}'{' or bias-free variants' if not above else ''})")
+
     # what the backward pass reads from the forward pass
     kept, masks = set(), set()
     for t in train:
@@ -299,13 +352,11 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
         masks.add(cut - 1)                   # the host narrows the gradient at the cut through it
         # (the logits' int8 saturation is a quantization artifact, not part of the function: the
         # softmax gradient passes it, or a saturated logit could never come down again)
-    if 0 in [t.layer for t in train if t.weights]:
-        pass                                 # layer 0 reads the sample itself: kept as the input
     kept, masks = sorted(kept), sorted(masks)
 
-    buffers, arena = _layout(model, first, kept, masks, grads, train, max_classes, val_capacity, replay_per_class,
-                             cut or len(layers))
-    inference = _inference_arena(model)
+    buffers, arena, naive, step = _layout(model, first, kept, masks, grads, train, max_classes, val_capacity,
+                                    replay_per_class, cut or len(layers))
+    inference = inference_arena(model, max_classes)
     # RAM: the weights of layers whose weights train and every trained bias; frozen weights (also
     # those of bias-only layers) stay in the model file / flash
     ram_w = 0
@@ -333,9 +384,18 @@ def plan(model, policy="sparse", lr=0.05, qas=True, budget=None, max_classes=Non
     p = Plan(str(policy) if not isinstance(policy, dict) else "custom", lr, qas, train, grads, first, kept, masks,
              buffers, arena, inference, ram_w, frozen, max_classes, seed)
     p.word_bytes = word_bytes
+    p.sum_of_tensors = naive
+    p.step_arena = step
     p.weights_bytes = sum(l.w.size for l in layers if l.op in PARAMETRIC and l.w is not None)
     p.weights_in_flash = 0 < p.weights_bytes <= weights_flash_bytes
     p.n_backward = (cut or len(layers) - 1) - first
+    n_in = int(np.prod(model.input_shape))
+    if val_capacity and buffers["val_x"].size == 0:
+        notes.append(f"validation samples ({val_capacity} x {n_in} B) are kept in a file on the board's flash, "
+                     "not in RAM")
+    if replay_per_class and buffers["replay"].size == 0:
+        notes.append(f"no replay memory: {max_classes} classes x {replay_per_class} x {n_in} B do not belong in RAM; "
+                     "class addition learns from the new class's samples alone")
     p.notes = notes
     p.cut = cut
     if cls.op == "conv" and cls.s_w is not None:
@@ -365,44 +425,51 @@ def _suggest(model, p, budget, lr, qas, weights_flash_bytes):
 
 
 def _layout(model, first, kept, masks, grads, train, max_classes, val_capacity, replay_per_class, top):
-    """One arena for training: forward activations (kept ones have their own slot, the others
-    ping-pong), clamp masks, gradient buffers, the kernels' scratch, and the samples the board
-    keeps: validation samples and a small replay memory per class (for class addition)."""
+    """One arena for training, laid out by liveness (microtrain.board.arena, the board's own
+    code): the forward pass runs layer i at step i, the backward pass layer top - 1 down to first
+    at the steps after the last layer.  Each layer's output lives until its last reader (the
+    backward pass's reads included: a trained layer's input, a max pool's input), each clamp mask
+    from its layer to the backward step that reads it, the gradient buffers over the backward
+    pass only; the kernels' scratch and what the board keeps between steps (validation samples, a
+    small replay memory per class, the telemetry ring) for ever.  Returns (buffers, arena bytes,
+    the sum of every buffer's bytes: what the arena would be without sharing, and the arena of the
+    step alone: without the validation samples, replay memory and telemetry ring)."""
     layers = model.layers
-    bufs = {}
-    off = 0
+    n = len(layers)
+    end = n + (top - first) + 1                  # the last step: after the backward pass
 
-    def add(name, size):
-        nonlocal off
-        bufs[name] = Buffer(name, off, size)
-        off = _align(off + size)
+    def bstep(i):                                # the backward step of layer i
+        return n + (top - 1 - i)
 
-    def out_size(i):
-        l = layers[i]
-        if i >= len(layers) - 2 and l.geom.out_c == model.n_classes:   # logits / probabilities grow
-            return max_classes
-        return l.out_size
-
-    # the input sample
-    add("input", int(np.prod(model.input_shape)))
-    transient = [i for i in range(len(layers)) if i not in kept]
-    ping = max((out_size(i) for i in transient), default=0)
+    sizes = [l.out_size for l in layers]
+    for i in (n - 2, n - 1):                     # logits and probabilities grow to max_classes
+        if layers[i].geom.out_c == model.n_classes:
+            sizes[i] = max(sizes[i], max_classes)
+    until = {n - 1: end}                         # the probabilities: read after the backward pass
+    if top < n:
+        until[top - 1] = end                     # split training: the activation at the cut
     for i in kept:
-        add(f"act{i}", out_size(i))
-    add("ping0", ping)
-    add("ping1", ping)
+        reader = i + 1
+        until[i] = max(until.get(i, 0), bstep(reader))
+    for t in train:
+        if t.weights:
+            until[layers[t.layer].inputs[0]] = max(until.get(layers[t.layer].inputs[0], 0), bstep(t.layer))
+    items, alias = arena.activations([l.inputs for l in layers], sizes, int(np.prod(model.input_shape)), until,
+                                     [i for i, l in enumerate(layers) if l.op == "add" and i not in until])
     for i in masks:
-        add(f"mask{i}", (out_size(i) + 7) // 8)
+        # mask i is read by the backward step of its reader (the logits' mask by the softmax gradient)
+        read = end if i == top - 1 and top < n else n if i + 1 == n - 1 else bstep(i + 1)
+        items.append((f"mask{i}", (sizes[i] + 7) // 8, i, read))
     # backward: gradients w.r.t. layer outputs along the path (int16), the rescaled gradient,
     # the int32 input-gradient accumulator; layers [first, top) (top: the cut of a split plan)
     path = range(first, top)
-    gmax = max((out_size(i) for i in path), default=0)
+    gmax = max((sizes[i] for i in path), default=0)
     gin = max((layers[i].in_size for i in path if i > first), default=0)
-    add("grad0", 2 * max(gmax, gin))
-    add("grad1", 2 * max(gmax, gin))
-    add("gacc", 4 * gin)
+    items.append(("grad0", 2 * max(gmax, gin), n, end))
+    items.append(("grad1", 2 * max(gmax, gin), n, end))
+    items.append(("gacc", 4 * gin, n, end))
     scratch = 0
-    for i, l in enumerate(layers):
+    for l in layers:
         if l.op == "conv":
             scratch = max(scratch, reference.conv_forward_scratch(l.geom))
     for t in train:
@@ -411,18 +478,36 @@ def _layout(model, first, kept, masks, grads, train, max_classes, val_capacity, 
             scratch = max(scratch, reference.conv_update_scratch(l.geom, t.cin_lo, t.cin_hi))
         elif l.op == "dwconv":
             scratch = max(scratch, reference.dwconv_update_scratch(l.geom))
-    add("scratch", scratch)
     n_in = int(np.prod(model.input_shape))
-    add("val_x", val_capacity * n_in)
-    add("val_y", val_capacity)
-    add("replay", max_classes * replay_per_class * n_in)
-    add("replay_n", max_classes)
-    add("telem", telemetry.RING_RECORDS * telemetry.RECORD_SIZE)    # the telemetry ring
-    return bufs, off
+    val = val_capacity * n_in if val_capacity * n_in <= SAMPLES_IN_ARENA else 0
+    replay = max_classes * replay_per_class * n_in
+    replay = replay if replay <= SAMPLES_IN_ARENA else 0
+    for name, size in (("scratch", scratch), ("val_x", val), ("val_y", val_capacity),
+                       ("replay", replay), ("replay_n", max_classes),
+                       ("telem", telemetry.RING_RECORDS * telemetry.RECORD_SIZE)):
+        items.append((name, size, 0, end))
+    offs, size = arena.place(items)
+    stores = ("val_x", "val_y", "replay", "replay_n", "telem")
+    step = arena.place([it for it in items if it[0] not in stores])[1]
+    bufs = {}
+    for name, nbytes, _f, _l in items:
+        bufs[name] = Buffer(name, offs[name], nbytes)
+    for i in range(n):                           # every layer's output by its own name
+        b = bufs[arena.name_of(i, alias)]
+        bufs[f"act{i}"] = Buffer(f"act{i}", b.offset, sizes[i])
+    naive = sum(arena.a4(nb) for _n, nb, _f, _l in items) + sum(arena.a4(sizes[i]) for i in alias)
+    return bufs, size, naive, step
 
 
-def _inference_arena(model):
+def inference_arena(model, max_classes=None):
+    """The board's inference arena (microtrain.board.model, the same computation): the
+    activations by liveness, then the convolutions' scratch."""
     layers = model.layers
-    ping = max(l.out_size for l in layers)
+    sizes = [l.out_size for l in layers]
+    for i in (len(layers) - 2, len(layers) - 1):
+        if max_classes and layers[i].geom.out_c == model.n_classes:
+            sizes[i] = max(sizes[i], max_classes)
+    items, _ = arena.activations([l.inputs for l in layers], sizes, int(np.prod(model.input_shape)),
+                                 inplace=[i for i, l in enumerate(layers) if l.op == "add"])
     scratch = max([reference.conv_forward_scratch(l.geom) for l in layers if l.op == "conv"] + [0])
-    return _align(int(np.prod(model.input_shape))) + 2 * _align(ping) + scratch
+    return arena.place(items)[1] + scratch

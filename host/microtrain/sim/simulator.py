@@ -27,10 +27,10 @@ class Simulator:
     # ---- inference ----
     def forward(self, xq):
         x = np.asarray(xq, dtype=np.int8).ravel()
-        outs = [x]
+        outs = [x]                           # outs[j + 1]: layer j's output (outs[0] the input)
         masks = {}
         for i, l in enumerate(self.model.layers):
-            y, mask = run_layer(l, outs[-1])
+            y, mask = run_layer(l, *[outs[j + 1] for j in l.inputs])
             outs.append(y)
             masks[i] = mask
         return outs, masks
@@ -75,7 +75,8 @@ class Simulator:
         layers = self.model.layers
         for i in range(top, bottom - 1, -1):
             l = layers[i]
-            x = outs[i]                      # this layer's input
+            p = l.inputs[0]                  # the planner keeps the backward path a chain: p == i - 1
+            x = outs[p + 1]                  # this layer's input
             gx = ex = None
             if i in self.plan.grads or (i > self.plan.first_backward and l.op in ("maxpool", "avgpool")):
                 if l.op in PARAMETRIC:
@@ -88,7 +89,7 @@ class Simulator:
                     acc, adj = ref.maxpool_input_grad(l.geom, x, g), 0
                 else:
                     acc, adj = ref.avgpool_input_grad(l.geom, g), -ref.AVGPOOL_GRAD_BITS
-                gx, r = ref.grad_narrow(acc, masks.get(i - 1) if i - 1 in self.plan.masks else None)
+                gx, r = ref.grad_narrow(acc, masks.get(p) if p in self.plan.masks else None)
                 ex = e + adj + r
             t = self.train.get(i)
             if t is not None:
