@@ -190,8 +190,9 @@ def test_frozen_weights_beyond_the_free_heap_train_in_place(pico, tmp_path):
     out = run(mt, "push", tmp_path / "wide.mtm", "--port", pico.link, timeout=600)
     uf2 = tmp_path / "wide.weights.uf2"
     assert f"wrote {uf2}" in out and uf2.exists(), out
-    probe = ("import gc, microtrain\ngc.collect()\nfree = gc.mem_free()\ntry:\n    m = microtrain.load('model.mtm')\n"
-             "    print('LOADED', m.weights_in_flash, free)\nexcept MemoryError as e:\n    print('NOFIT', free, e)")
+    probe = ("import gc, uctypes, microtrain\ngc.collect()\nfree = gc.mem_free()\ntry:\n    m = microtrain.load('model.mtm')\n"
+             "    print('LOADED', m.weights_in_flash, free, [uctypes.addressof(v) >= 0x10000000 for v in "
+             "(m.layers[0].w, m.layers[0].mult, m.layers[0].shift)])\nexcept MemoryError as e:\n    print('NOFIT', free, e)")
     before = run(mp, "connect", pico.link, "resume", "exec", probe).strip()
     assert before.startswith("NOFIT") and "do not fit the free heap" in before and ".weights.uf2" in before, before
     assert int(before.split()[1]) < plan.frozen_bytes, "the heap would have held the weights: no proof"
@@ -200,6 +201,7 @@ def test_frozen_weights_beyond_the_free_heap_train_in_place(pico, tmp_path):
     assert "all up to date" in out and "read in place" in out, out     # the file system kept every file
     after = run(mp, "connect", pico.link, "resume", "exec", probe).split()
     assert after[:2] == ["LOADED", "True"], after
+    assert after[3:] == ["[True,", "True,", "True]"], f"frozen weights and factors not all in flash: {after}"
     print(f"\nfrozen weights {plan.frozen_bytes} B; free heap {before.split()[1]} B before the UF2 "
           f"(load: {before.split(' ', 2)[2]}), {after[2]} B after, then loaded in place")
     out = run(mt, "train", tmp_path / "wide.npz", "--port", pico.link, "--fresh")

@@ -8,8 +8,9 @@
 # the host writes it as a UF2 (`microtrain push` makes it, the boot ROM's drive takes it, as it
 # takes firmware), which leaves the firmware and the file system as they are.
 #
-#   region: | header block (4 KB) | WGHT section ... |
-#   header: '<4sIIII' b'MTWF', model id (the file header's CRC), length, crc32 of the bytes, 0
+#   region: | header block (4 KB) | the model file's bytes from WGHT on (BIAS, QPAR when they fit) |
+#   header: '<4sIIII' b'MTWF', model id (the file header's CRC), length, crc32 of the bytes,
+#           the file offset they start at (WGHT's)
 #
 # The model file stays the source of truth: load() uses the region only when its header names
 # this model file and the CRC of the mapped bytes is the section's (a half-written or stale
@@ -107,15 +108,24 @@ def state():
     return (reg[0], reg[1], mid if magic == MAGIC else None, n if magic == MAGIC else 0)
 
 
-def mapped(reg, model_id, length, crc):
-    """The region's weights as a read-only view when they are this model's, else None."""
+# the model file's constant sections the region may hold, in file order: WGHT always, BIAS and
+# QPAR (biases, requantization and training factors) when they follow it and fit
+SPAN_TAGS = ("WGHT", "BIAS", "QPAR")
+
+
+def mapped(reg, model_id, entries):
+    """{tag: read-only view} of the sections of this model file (section table `entries`) the
+    region holds, or {} when it holds another model's, a torn copy, or nothing."""
     start, size = reg
-    if length + BLOCK > size:
-        return None
-    magic, mid, n, c, _ = _header(start)
-    if magic != MAGIC or mid != model_id or n != length or c != crc:
-        return None
-    view = _view(start + BLOCK, length)
-    if crc32(view) & 0xFFFFFFFF != crc:            # torn by a reset mid-copy, or overwritten
-        return None
-    return view
+    magic, mid, n, c, first = _header(start)
+    if magic != MAGIC or mid != model_id or n + BLOCK > size:
+        return {}
+    view = _view(start + BLOCK, n)
+    if crc32(view) & 0xFFFFFFFF != c:              # torn by a reset mid-copy, or overwritten
+        return {}
+    out = {}
+    for tag, off, length, _crc in entries:
+        tag = bytes(tag).decode()
+        if tag in SPAN_TAGS and first <= off and off + length <= first + n:
+            out[tag] = view[off - first:off - first + length]
+    return out if "WGHT" in out else {}

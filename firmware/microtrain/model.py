@@ -1,10 +1,12 @@
 # A loaded model: layers with their integer parameters, and the int8 forward pass.
 #
-# Frozen weights are read in place from memory-mapped flash where the board has it (flashmap:
-# the RP2040's XIP flash), else they stay in the bytes read from the model file (one buffer per
+# Frozen weights (and biases and requantization factors, when the region holds them too) are
+# read in place from memory-mapped flash where the board has it (flashmap: the RP2040's XIP
+# flash), else they stay in the bytes read from the model file (one buffer per
 # section, viewed, not copied); weights and biases that train are copied to RAM once.  The
 # forward pass runs in preallocated views of one arena: nothing per sample is allocated.
 
+import gc
 import struct
 
 from . import backend
@@ -63,30 +65,33 @@ class Model:
         reg = _flash_region() if in_flash else None
         where = {}
         with open(path, "rb") as f:
-            sections = modelfile.read_sections(f, (modelfile.HOST_TAG, "WGHT") if reg else (modelfile.HOST_TAG,), where)
+            self._reserve = _reserve(modelfile.plan_arena(f))
             f.seek(8)
             # the file's identity: the header CRC covers the section table, so every section's CRC
             self.id = struct.unpack("<I", f.read(4))[0]
-            self.weights_in_flash = False
+            f.seek(0)
+            flash = {}
             if reg:
+                from . import flashmap
+                flash = flashmap.mapped(reg, self.id, modelfile.section_table(f))
+            self.weights_in_flash = bool(flash)
+            skip = (modelfile.HOST_TAG,) + (tuple(flash) if flash else ("WGHT",) if reg else ())
+            sections = modelfile.read_sections(f, skip, where)
+            if reg and not flash:                 # not written to the region (yet): the heap
                 if "WGHT" not in where:
                     raise modelfile.ModelFileError("section WGHT is missing")
-                from . import flashmap
                 off, n, crc = where["WGHT"]
-                view = flashmap.mapped(reg, self.id, n, crc)
-                if view is None:                  # not written to the region (yet): the heap
-                    f.seek(off)
-                    try:
-                        view = f.read(n)
-                    except MemoryError:
-                        raise MemoryError("the frozen weights (%d B) do not fit the free heap%s and are not in "
-                                          "this board's flash yet: flash the .weights.uf2 `microtrain push` "
-                                          "wrote" % (n, modelfile._free()))
-                    if view is None or len(view) != n:
-                        raise modelfile.ModelFileError("truncated file: section WGHT")
-                else:
-                    self.weights_in_flash = True
+                f.seek(off)
+                try:
+                    view = f.read(n)
+                except MemoryError:
+                    raise MemoryError("the frozen weights (%d B) do not fit the free heap%s and are not in "
+                                      "this board's flash yet: flash the .weights.uf2 `microtrain push` "
+                                      "wrote" % (n, modelfile._free()))
+                if view is None or len(view) != n:
+                    raise modelfile.ModelFileError("truncated file: section WGHT")
                 sections["WGHT"] = view
+            sections.update(flash)
         info, layers, labels = modelfile.parse_layers(sections)
         self.n_layers, self.n_classes, h, w, c, self.in_zp, self.max_classes, _flags, self.in_scale = info
         self.input_shape = (h, w, c)
@@ -115,6 +120,22 @@ class Model:
             if self.layers[i].out_c == self.n_classes:
                 sizes[i] = max(sizes[i], self.max_classes)
         return sizes
+
+    def take_arena(self, size):
+        """The training arena: the bytes reserved at load (allocated first, before the heap was cut
+        up by the model's objects), or a new bytearray."""
+        a, self._reserve = self._reserve, None
+        if a is not None and len(a) == size:
+            return a
+        a = None
+        gc.collect()
+        return bytearray(size)
+
+    def share_views(self, views):
+        """predict / probabilities run in the views of a trainer's arena (between its steps its
+        activations are dead): one arena for both, as the plan counts it."""
+        self._views = views
+        self._arena = None
 
     # ---- inference arena: the activations by liveness (arena.py), then the kernels' scratch ----
     def _inference_views(self):
@@ -211,6 +232,18 @@ def argmax(probs):
         if v > best:
             best, at = v, i
     return at
+
+
+def _reserve(size):
+    """A bytearray of size bytes while the heap is still in one piece, or None (no plan, or it
+    does not fit: the trainer then says so when it allocates)."""
+    if not size:
+        return None
+    gc.collect()
+    try:
+        return bytearray(size)
+    except MemoryError:
+        return None
 
 
 def _flash_region():

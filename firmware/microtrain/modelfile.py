@@ -67,9 +67,8 @@ def _read_exact(f, n, what):
     return b
 
 
-def read_sections(f, skip=(HOST_TAG,), where=None):
-    """{tag: bytes} of a model file object, every CRC checked; sections in `skip` are checked
-    and not kept.  `where` (a dict) gets (offset, length, crc) of every section."""
+def _table(f):
+    """The checked header's section table: ([(tag, offset, length, crc)], where it ends)."""
     head = _read_exact(f, struct.calcsize(HEADER_FMT), "header")
     magic, version, n, crc = struct.unpack(HEADER_FMT, head)
     if magic != MAGIC:
@@ -88,7 +87,34 @@ def read_sections(f, skip=(HOST_TAG,), where=None):
     entries = []
     for i in range(n):
         entries.append(struct.unpack_from(SECTION_FMT, table, i * struct.calcsize(SECTION_FMT)))
-    pos = struct.calcsize(HEADER_FMT) + len(table)
+    return entries, struct.calcsize(HEADER_FMT) + len(table)
+
+
+def section_table(f):
+    """[(tag, offset, length, crc)] of a model file's checked header; f is left at 0."""
+    entries, _ = _table(f)
+    f.seek(0)
+    return entries
+
+
+def plan_arena(f):
+    """The training arena's bytes a model file's PLAN asks for (0: no plan), read before the rest
+    so that the board can allocate it while its heap is still in one piece; f is left at 0.
+    Unchecked (the CRC comes with read_sections): only a size to try."""
+    entries, _ = _table(f)
+    n = 0
+    for tag, off, length, _crc in entries:
+        if bytes(tag) == b"PLAN" and length >= struct.calcsize(PLAN_FMT):
+            f.seek(off)
+            n = struct.unpack(PLAN_FMT, _read_exact(f, struct.calcsize(PLAN_FMT), "PLAN"))[5]
+    f.seek(0)
+    return n
+
+
+def read_sections(f, skip=(HOST_TAG,), where=None):
+    """{tag: bytes} of a model file object, every CRC checked; sections in `skip` are checked
+    and not kept.  `where` (a dict) gets (offset, length, crc) of every section."""
+    entries, pos = _table(f)
     size = _size(f, pos)
     sections = {}
     for tag, off, length, scrc in sorted(entries, key=lambda e: (e[1], e[2])):   # (MicroPython sorts unstably: an empty section first)
@@ -106,10 +132,16 @@ def read_sections(f, skip=(HOST_TAG,), where=None):
             data = None
             crc = 0
             left = length
+            view = memoryview(bytearray(256))   # one buffer: no garbage between the kept sections
             while left:
-                chunk = _read_exact(f, min(left, 256), "section " + tag)
-                crc = _crc(chunk, crc)
-                left -= len(chunk)
+                if left < len(view):
+                    view = view[:left]
+                got = f.readinto(view) or 0
+                if got != len(view):
+                    raise ModelFileError("truncated file: section %s needs %d bytes, got %d"
+                                         % (tag, length, length - left + got))
+                crc = _crc(view, crc)
+                left -= len(view)
         else:
             try:
                 data = _read_exact(f, length, "section " + tag)

@@ -110,13 +110,14 @@ class Trainer:
                 l.b = bytearray(l.b)
             self.train[t["layer"]] = Trainable(t)
         # the arena: every buffer of the plan is a view, sliced once here
-        self.arena = bytearray(plan["arena"])
+        self.arena = model.take_arena(plan["arena"])
         mv = memoryview(self.arena)
         self.bufs = bufs = {}
         for name, (off, size) in plan["buffers"].items():
             bufs[name] = mv[off:off + size]
         self.masks = set(plan["masks"])
         self.views = model.forward_views(bufs, self.masks)
+        model.share_views(self.views)
         self.scratch = bufs["scratch"]
         self._backward_views()
         self.rng = array.array("I", [plan["seed"] or 1])
@@ -588,6 +589,7 @@ class Trainer:
         # the last two layers' views now cover n_classes elements (their buffers hold max_classes)
         bufs = self.bufs
         self.views = self.model.forward_views(bufs, self.masks)
+        self.model.share_views(self.views)
         self._backward_views()
         self.n_params = self._count_params()
 

@@ -65,7 +65,9 @@ class PicoBoard:
             flash = os.path.join(self._tmp, "flash.bin")
         self.flash = os.path.abspath(flash)
         # a new flash file gets the official firmware; an existing one boots what it holds
-        self.image = official_uf2() if image == "official" and not os.path.exists(self.flash) else image
+        if image == "official":
+            image = None if os.path.exists(self.flash) else official_uf2()
+        self.image = image
         if self.image is None and not os.path.exists(self.flash):
             raise FileNotFoundError(f"{self.flash}: no flash file and no image to flash")
         self.link = link

@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import struct
+import zlib
 
 
 class FlashError(RuntimeError):
@@ -95,23 +96,31 @@ def uf2_blocks(data, address, family=RP2040_FAMILY):
     return bytes(out)
 
 
-def weights_image(model_bytes):
-    """(header + WGHT bytes as the board's flash region holds them, WGHT length) of a model file."""
+def weights_image(model_bytes, region_size=None):
+    """(header + the bytes the board's flash region holds, WGHT length) of a model file: its
+    frozen weights (WGHT), then the biases and requantization factors (BIAS, QPAR) as far as they
+    follow WGHT in the file and fit `region_size` (all of them when None)."""
     from microtrain.board import flashmap, modelfile
     where = {}
     modelfile.read_sections(io.BytesIO(model_bytes), where=where)
-    _, length, crc = where["WGHT"]
-    off = where["WGHT"][0]
+    first, length, _ = where["WGHT"]
+    end = first + length
+    for tag in flashmap.SPAN_TAGS[1:]:
+        off, n, _ = where.get(tag, (None, 0, 0))
+        if off is None or off - end > 3 or (region_size is not None and off + n - first + flashmap.BLOCK > region_size):
+            break
+        end = off + n
+    span = model_bytes[first:end]
     model_id = struct.unpack_from("<I", model_bytes, 8)[0]
-    header = struct.pack(flashmap.HEADER_FMT, flashmap.MAGIC, model_id, length, crc, 0)
+    header = struct.pack(flashmap.HEADER_FMT, flashmap.MAGIC, model_id, len(span), zlib.crc32(span), first)
     header += b"\xff" * (flashmap.BLOCK - len(header))
-    return header + model_bytes[off:off + length], length
+    return header + span, length
 
 
 def weights_uf2(model_bytes, region_offset, region_size):
     """The UF2 that writes a model's frozen weights into the board's flash region (offset and
     size as the board's flashmap.region() reports them)."""
-    image, length = weights_image(model_bytes)
+    image, length = weights_image(model_bytes, region_size)
     if len(image) > region_size:
         raise FlashError(f"the frozen weights ({length} B) do not fit this board's flash region "
                          f"({region_size - 4096} B between the firmware and the file system)")

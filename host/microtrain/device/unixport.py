@@ -71,9 +71,9 @@ x = bytearray(size)
 f = open(D + '/samples.bin', 'rb')
 labels = open(D + '/labels.bin', 'rb').read()
 m = microtrain.load(D + '/m.mtm')
-m.predict(x)
 gc.collect()
-base = gc.mem_alloc()
+# load() allocated the training arena first (Model.take_arena): it belongs to the rise
+base = gc.mem_alloc() - (len(m._reserve) if m._reserve else 0)
 t = microtrain.Trainer(m, checkpoint_path=D + '/ck')
 live = peak = 0
 for i in range({steps}):
