@@ -159,6 +159,7 @@ bench: setup natmods
 	$(PY) -m bench.split
 	$(PY) -m bench.adapt
 	$(PY) -m bench.scale
+	$(PY) -m bench.scale_pico
 	$(PY) -m bench.reliability --board pico --rates 1e-3 --trials 1 --epochs 1 --deadline 120
 
 demo: setup natmods
