@@ -13,8 +13,8 @@
 #           the file offset they start at (WGHT's)
 #
 # The model file stays the source of truth: load() uses the region only when its header names
-# this model file and the CRC of the mapped bytes is the section's (a half-written or stale
-# region is ignored).  The firmware's end and the file system's start come from the pico-sdk's
+# this model file and the CRC of the mapped bytes is the header's (a half-written or stale
+# region is ignored); a section is read in place only when the span covers all of it.  The firmware's end and the file system's start come from the pico-sdk's
 # binary info in the image (BINARY_INFO_ID_RP_BINARY_END; MicroPython's block device).
 # Elsewhere (no rp2, no binary info) region() is None and weights are read into the heap.
 
