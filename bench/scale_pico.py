@@ -5,7 +5,7 @@ ROM's drive takes it).  Per model and policy: cycles of one inference and of a t
 125 MHz, and the heap after import, after load (which allocates the training arena first), with the
 trainer, and after the steps.  A model that does not fit says where it ran out.
 
-    python -m bench.scale_pico [--out bench/scale_pico.json]
+    python -m bench.scale_pico [--out bench/scale_pico.json] [--only vww_96_int8:sparse ...]
 
 Cycles as in bench/pico.py: rp2040js advances the clock by each instruction's Cortex-M0+ cycles, the
 1 MHz timer runs off it, so ticks_us x 125 = cycles.  The board is soft-reset before each model (a
@@ -112,14 +112,16 @@ def run_one(pb, s, name, policy, tmp):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "scale_pico.json"))
+    ap.add_argument("--only", action="append", metavar="MODEL:POLICY", help="run these only (repeatable)")
     args = ap.parse_args(argv)
+    runs = [tuple(o.split(":", 1)) for o in args.only] if args.only else RUNS
     import tempfile
     records = []
     wall = time.time()
     with tempfile.TemporaryDirectory() as tmp, PicoBoard(flash=os.path.join(tmp, "flash.bin")) as pb:
         s = board_io.Session(pb.port)
         try:
-            for name, policy in RUNS:
+            for name, policy in runs:
                 rec, s = run_one(pb, s, name, policy, tmp)
                 records.append(rec)
                 if "error" in rec:

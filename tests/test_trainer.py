@@ -205,7 +205,7 @@ ONE_ARENA_SCRIPT = """
 import gc, microtrain
 D = '{dir}'
 m = microtrain.load(D + '/m.mtm')
-reserved = len(m._reserve)
+reserved = m.reserved_bytes()
 gc.collect()
 a = gc.mem_alloc()
 t = microtrain.Trainer(m, checkpoint_path=D + '/ck')
@@ -222,16 +222,17 @@ print('RESULT', reserved, b - a, gc.mem_alloc() - c, p0 == p1, m._reserve is Non
 
 
 def test_load_reserves_the_training_arena_and_predict_shares_it(imu, tmp_path):
-    """load() allocates the plan's arena before the model's objects cut the heap up (a 7.5 M MAC
-    model did not find 67 KB in one piece after them on the emulated Pico); the trainer takes
-    it instead of allocating a second one, and Model.predict then runs in the trainer's arena
-    instead of an inference arena of its own."""
+    """load() allocates the plan's arena and the RAM copies of the trained weights before the
+    model's objects cut the heap up (a 7.5 M MAC model did not find 67 KB in one piece after
+    them on the emulated Pico); the trainer takes them instead of allocating its own, and
+    Model.predict then runs in the trainer's arena instead of an inference arena of its own."""
     _, model, (Xtr, ytr), _ = imu
     p = planner.plan(model, "sparse", word_bytes=8)
     unixport._write(str(tmp_path), model, p, model.quantize_input(Xtr[:4]), ytr[:4])
     out = unixport.run(ONE_ARENA_SCRIPT.format(dir=tmp_path))
     reserved, trainer_rise, predict_rise, same, taken = out.split("RESULT")[1].split()
-    assert int(reserved) == p.arena_size
+    copies = sum(model.layers[t.layer].w.size for t in p.train if t.cin_hi > t.cin_lo)
+    assert copies and int(reserved) == p.arena_size + copies
     assert int(trainer_rise) < p.arena_size // 2, "the trainer allocated a second arena"
     assert int(predict_rise) < p.inference_arena // 2, "Model.predict allocated an inference arena beside the trainer's"
     assert same == "True" and taken == "True"

@@ -65,7 +65,7 @@ class Model:
         reg = _flash_region() if in_flash else None
         where = {}
         with open(path, "rb") as f:
-            self._reserve = _reserve(modelfile.plan_arena(f))
+            self._reserve = _reserve(modelfile.plan_reserve(f))
             f.seek(8)
             # the file's identity: the header CRC covers the section table, so every section's CRC
             self.id = struct.unpack("<I", f.read(4))[0]
@@ -121,15 +121,19 @@ class Model:
                 sizes[i] = max(sizes[i], self.max_classes)
         return sizes
 
-    def take_arena(self, size):
-        """The training arena: the bytes reserved at load (allocated first, before the heap was cut
-        up by the model's objects), or a new bytearray."""
-        a, self._reserve = self._reserve, None
+    def take_reserved(self, key, size):
+        """The bytes load() reserved for key (the training arena, "arena", or a trained layer's
+        weights, its index): allocated first, before the model's objects cut the heap up.  A new
+        bytearray when nothing of that size was reserved."""
+        a = self._reserve.pop(key, None) if self._reserve else None
         if a is not None and len(a) == size:
             return a
         a = None
         gc.collect()
         return bytearray(size)
+
+    def reserved_bytes(self):
+        return sum(len(a) for a in self._reserve.values()) if self._reserve else 0
 
     def share_views(self, views):
         """predict / probabilities run in the views of a trainer's arena (between its steps its
@@ -234,16 +238,18 @@ def argmax(probs):
     return at
 
 
-def _reserve(size):
-    """A bytearray of size bytes while the heap is still in one piece, or None (no plan, or it
-    does not fit: the trainer then says so when it allocates)."""
-    if not size:
-        return None
+def _reserve(sizes):
+    """{key: bytearray} of the (key, size) pairs while the heap is still in one piece; a buffer
+    that does not fit is left out (the trainer then says so when it allocates it)."""
+    out = {}
     gc.collect()
-    try:
-        return bytearray(size)
-    except MemoryError:
-        return None
+    for key, size in sizes:
+        if size:
+            try:
+                out[key] = bytearray(size)
+            except MemoryError:
+                pass
+    return out
 
 
 def _flash_region():

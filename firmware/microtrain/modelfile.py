@@ -97,18 +97,34 @@ def section_table(f):
     return entries
 
 
-def plan_arena(f):
-    """The training arena's bytes a model file's PLAN asks for (0: no plan), read before the rest
-    so that the board can allocate it while its heap is still in one piece; f is left at 0.
-    Unchecked (the CRC comes with read_sections): only a size to try."""
+def plan_reserve(f):
+    """[(key, bytes)] of the big buffers a model file's PLAN will allocate: the training arena
+    ("arena") and the RAM copy of each trained layer's weights (key: the layer's index).  Read
+    before the rest, so that the board can allocate them while its heap is still in one piece;
+    f is left at 0.  Unchecked (the CRCs come with read_sections): only sizes to try."""
     entries, _ = _table(f)
-    n = 0
+    where = {}
     for tag, off, length, _crc in entries:
-        if bytes(tag) == b"PLAN" and length >= struct.calcsize(PLAN_FMT):
-            f.seek(off)
-            n = struct.unpack(PLAN_FMT, _read_exact(f, struct.calcsize(PLAN_FMT), "PLAN"))[5]
+        where[bytes(tag)] = (off, length)
+    out = []
+    hsize = struct.calcsize(PLAN_FMT)
+    if b"PLAN" in where and where[b"PLAN"][1] >= hsize:
+        off, length = where[b"PLAN"]
+        f.seek(off)
+        h = struct.unpack(PLAN_FMT, _read_exact(f, hsize, "PLAN"))
+        out.append(("arena", h[5]))
+        tsize = struct.calcsize(TRAIN_FMT) + 4
+        lsize = struct.calcsize(LAYER_FMT)
+        lay_off, lay_len = where.get(b"LAYR", (0, 0))
+        if length >= hsize + h[0] * tsize:
+            train = _read_exact(f, h[0] * tsize, "PLAN")
+            for i in range(h[0]):
+                layer, _flags, lo, hi = struct.unpack_from("<HHHH", train, i * tsize)
+                if hi > lo and (layer + 1) * lsize <= lay_len:
+                    f.seek(lay_off + layer * lsize)
+                    out.append((layer, struct.unpack(LAYER_FMT, _read_exact(f, lsize, "LAYR"))[25]))
     f.seek(0)
-    return n
+    return out
 
 
 def read_sections(f, skip=(HOST_TAG,), where=None):

@@ -105,12 +105,15 @@ class Trainer:
         for t in plan["train"]:
             l = layers[t["layer"]]
             if t["cin_hi"] > t["cin_lo"]:
-                l.w = bytearray(l.w)
+                w = model.take_reserved(t["layer"], len(l.w))
+                w[:] = l.w
+                l.w = w
             if t["bias"]:
                 l.b = bytearray(l.b)
             self.train[t["layer"]] = Trainable(t)
         # the arena: every buffer of the plan is a view, sliced once here
-        self.arena = model.take_arena(plan["arena"])
+        self.arena = model.take_reserved("arena", plan["arena"])
+        model._reserve = None             # what the plan did not ask for goes back to the heap
         mv = memoryview(self.arena)
         self.bufs = bufs = {}
         for name, (off, size) in plan["buffers"].items():

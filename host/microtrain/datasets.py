@@ -3,6 +3,8 @@
 * ``load_digits()``: scikit-learn's 8x8 handwritten digits (1797 samples, 10 classes).
 * ``load_basic_motions()``: the BasicMotions smartwatch IMU set (80 samples, 6 channels x 100
   steps, 4 activities) from the ``.ts`` files bundled in the aeon wheel.
+* ``load_textures()``: crops of the brick, grass and gravel photographs bundled in the
+  scikit-image wheel (512 x 512 grayscale each): a material-recognition task for camera models.
 
 All images/series are returned channels-last, one sample being [H][W][C] like the kernels'
 activations: digits (n, 8, 8, 1), BasicMotions (n, 1, 100, 6) (H=1, W=time, C=sensor axis).
@@ -127,6 +129,45 @@ def load_basic_motions():
         ys.append(np.array([index[s] for s in labels], dtype=np.int64))
     X = np.concatenate(Xs).transpose(0, 2, 1)[:, None, :, :]      # (n, dims, T) -> (n, 1, T, C)
     return np.ascontiguousarray(X, dtype=np.float32), np.concatenate(ys), list(class_names)
+
+
+# ---------------------------------------------------------------------------------------------
+# textures
+
+
+TEXTURES = ("brick", "grass", "gravel")
+
+
+def load_textures(classes=("brick", "grass"), n_train=20, n_test=30, size=96, channels=3, seed=0):
+    """Random size x size crops of scikit-image's texture photographs, one class per texture.
+
+    Training crops come from the top half of each photograph and test crops from the bottom
+    half, so no test pixel was seen in training; each crop is flipped left-right with
+    probability 1/2.  Grayscale is repeated over ``channels`` (3 for an RGB camera model).
+    Returns ((X_train, y_train), (X_test, y_test)): X float32 (n, size, size, channels) in
+    [0, 1], classes in order (n_train then n_test per class), y int64.
+    """
+    import skimage.data    # the photographs ship in the wheel (skimage/data/*.png)
+
+    rng = np.random.default_rng([0x7E47, seed])
+    half = 256
+    if size > half:
+        raise ValueError(f"crops of {size} px do not fit half of a 512 px photograph")
+    parts = ([], []), ([], [])
+    for label, name in enumerate(classes):
+        if name not in TEXTURES:
+            raise ValueError(f"unknown texture {name!r}; choose from {', '.join(TEXTURES)}")
+        img = getattr(skimage.data, name)().astype(np.float32) / np.float32(255.0)
+        for (xs, ys), n, top in zip(parts, (n_train, n_test), (0, half)):
+            for _ in range(n):
+                r = top + int(rng.integers(0, half - size + 1))
+                c = int(rng.integers(0, img.shape[1] - size + 1))
+                crop = img[r:r + size, c:c + size]
+                if rng.random() < 0.5:
+                    crop = crop[:, ::-1]
+                xs.append(np.repeat(crop[:, :, None], channels, axis=2))
+                ys.append(label)
+    return tuple((np.array(xs, np.float32), np.array(ys, np.int64)) for xs, ys in parts)
 
 
 # ---------------------------------------------------------------------------------------------

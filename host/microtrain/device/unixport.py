@@ -72,8 +72,8 @@ f = open(D + '/samples.bin', 'rb')
 labels = open(D + '/labels.bin', 'rb').read()
 m = microtrain.load(D + '/m.mtm')
 gc.collect()
-# load() allocated the training arena first (Model.take_arena): it belongs to the rise
-base = gc.mem_alloc() - (len(m._reserve) if m._reserve else 0)
+# load() allocated the training arena and weight copies first (Model.take_reserved): they belong to the rise
+base = gc.mem_alloc() - m.reserved_bytes()
 t = microtrain.Trainer(m, checkpoint_path=D + '/ck')
 live = peak = 0
 for i in range({steps}):
@@ -155,11 +155,13 @@ microtrain.backend.use('{backend}')
 D = '{dir}'
 m = microtrain.load(D + '/m.mtm')
 t = microtrain.Trainer(m, checkpoint_path=D + '/ck')
-data = open(D + '/samples.bin', 'rb').read()
 labels = open(D + '/labels.bin', 'rb').read()
-size = m.in_size
+x = bytearray(m.in_size)
+f = open(D + '/samples.bin', 'rb')
 for i in range(len(labels)):
-    t.step(data[i * size:(i + 1) * size], labels[i])
+    f.readinto(x)                       # one sample at a time, as a board streams them
+    t.step(x, labels[i])
+f.close()
 out = open(D + '/board_state.bin', 'wb')
 for tag, buf in t._state_blobs():
     out.write(buf)

@@ -81,7 +81,7 @@ def _host_bytes(model, plan):
         meta["plan"] = {"policy": plan.policy, "lr": plan.lr, "notes": list(plan.notes), "word_bytes": plan.word_bytes,
                         "weight_bytes_ram": plan.weight_bytes_ram, "frozen_bytes": plan.frozen_bytes,
                         "weights_bytes": plan.weights_bytes, "sum_of_tensors": plan.sum_of_tensors, "weights_in_flash": plan.weights_in_flash,
-                        "split": plan.split_meta}
+                        "model_heap_bytes": plan.model_heap_bytes, "split": plan.split_meta}
     return json.dumps(meta, separators=(",", ":")).encode()
 
 
@@ -201,6 +201,8 @@ def _plan(model, raw, meta, max_classes):
     p.cut = raw["cut"]
     p.split_meta = meta.get("split")
     p.n_backward = (p.cut or len(model.layers) - 1) - p.first_backward
+    p.n_layers = len(model.layers)
+    p.model_heap_bytes = meta.get("model_heap_bytes", 0)
     return p
 
 

@@ -15,6 +15,7 @@ Policies (DESIGN.md, after Lin et al. 2022):
   full              every weight and bias
 """
 
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,7 +123,8 @@ class Plan:
                      f"inference arena {self.inference_arena} B, "
                      f"trainable weights {self.weight_bytes_ram} B; frozen weights {self.frozen_bytes} B {where}")
         lines.append(f"peak training RAM (arena + trainable weights + ~{self.bookkeeping_bytes} B of objects): "
-                     f"{self.peak_bytes} B")
+                     f"{self.peak_bytes} B; the loaded model ~{self.model_bytes} B; "
+                     f"the heap after import must hold {self.budget_bytes} B")
         return "\n".join(lines)
 
     word_bytes: int = 4        # object word of the board's MicroPython (4; 8 on the 64-bit unix port)
@@ -130,11 +132,21 @@ class Plan:
     @property
     def bookkeeping_bytes(self):
         """The trainer's Python objects (views into the arena, per-layer lists): a model of
-        ~300 + 3 per arena buffer + 37 per backward layer object words, measured on the unix
-        port (tests/test_trainer.py checks the whole estimate against the heap)."""
-        return self.word_bytes * (300 + 3 * len(self.buffers) + 37 * max(self.n_backward, 1))
+        ~300 + 3 per arena buffer + 37 per backward layer + 20 per layer object words, measured
+        on the unix port and the emulated Pico (tests/test_trainer.py checks the whole estimate
+        against the heap)."""
+        return self.word_bytes * (300 + 3 * len(self.buffers) + 37 * max(self.n_backward, 1) + 20 * self.n_layers)
 
     n_backward: int = 0
+    n_layers: int = 0
+    model_heap_bytes: int = 0   # what load() keeps besides the weights: sections, constants, objects
+
+    @property
+    def model_bytes(self):
+        """The loaded model in the heap: its kept sections (LAYR, PLAN, INDX, ...), the biases
+        and requantization factors the flash region does not hold, the per-layer objects, and
+        the weights unless the board reads them in place."""
+        return self.model_heap_bytes + self.weights_ram_bytes
     sum_of_tensors: int = 0     # the training arena without sharing (every buffer its own bytes)
     step_arena: int = 0         # the arena a training step needs: without the samples and telemetry the board keeps
 
@@ -152,8 +164,9 @@ class Plan:
 
     @property
     def budget_bytes(self):
-        """What the board's heap must hold: the training peak and the weights read into it."""
-        return self.peak_bytes + self.weights_ram_bytes
+        """What the board's heap must hold after `import microtrain`: the model as loaded and the
+        training peak."""
+        return self.peak_bytes + self.model_bytes
 
 
 POLICIES = 'sparse, bias-only, last-K (K = 1, 2, ...), full, or a JSON dict {"layer": {"bias": true, "weights": 0.5}}'
@@ -389,6 +402,8 @@ def _plan(model, policy, lr, qas, budget, max_classes, seed, val_capacity, repla
     p.weights_bytes = sum(l.w.size for l in layers if l.op in PARAMETRIC and l.w is not None)
     p.weights_in_flash = 0 < p.weights_bytes <= weights_flash_bytes
     p.n_backward = (cut or len(layers) - 1) - first
+    p.n_layers = len(layers)
+    p.model_heap_bytes = _model_heap_bytes(model, p, weights_flash_bytes)
     n_in = int(np.prod(model.input_shape))
     if val_capacity and buffers["val_x"].size == 0:
         notes.append(f"validation samples ({val_capacity} x {n_in} B) are kept in a file on the board's flash, "
@@ -406,10 +421,39 @@ def _plan(model, policy, lr, qas, budget, max_classes, seed, val_capacity, repla
     return p
 
 
+def _model_heap_bytes(model, p, flash_bytes):
+    """load()'s heap besides the weights (see Plan.model_bytes), from the model file's layout
+    (docs/model-format.md): the sections the board keeps, BIAS and QPAR unless the flash region
+    holds them after WGHT, and ~250 object words, 110 per layer and ~70 per trained layer (measured
+    on the unix port and the emulated Pico: tests/test_scale.py checks it against the heap)."""
+    from microtrain.board import modelfile as fmt
+    size = struct.calcsize
+    layers = model.layers
+    bias = qpar = 0
+    for l in layers:
+        if l.op in PARAMETRIC:
+            bias += 4 * l.geom.out_c if l.b is not None else 0
+            qpar += 8 * np.asarray(l.mult).size
+        elif l.op == "add":
+            qpar += 4 * fmt.ADD_PARAMS
+    for t in p.train:
+        out_c = layers[t.layer].geom.out_c
+        qpar += 8 * out_c * (bool(t.weights) + bool(t.bias))
+    qpar += sum(8 * layers[i].geom.out_c for i in p.grads)
+    plan = (size(fmt.PLAN_FMT) + len(p.train) * (size(fmt.TRAIN_FMT) + 4) + len(p.grads) * size(fmt.GRAD_FMT)
+            + 2 * (len(p.kept) + len(p.masks)) + 3 + len(p.buffers) * size(fmt.BUFFER_FMT))
+    kept = (size(fmt.INFO_FMT) + len(layers) * size(fmt.LAYER_FMT) + plan + 2 * sum(len(t.rows) for t in p.train)
+            + len("\n".join(model.labels)))
+    if p.weights_in_flash:                   # the region holds a span of the file: WGHT, then BIAS, QPAR
+        room = flash_bytes - p.weights_bytes
+        bias, qpar = (0, 0 if qpar <= room - bias else qpar) if bias <= room else (bias, qpar)
+    return kept + bias + qpar + p.word_bytes * (250 + 110 * len(layers) + 70 * len(p.train))
+
+
 def _suggest(model, p, budget, lr, qas, weights_flash_bytes):
-    msg = f"the plan needs {p.peak_bytes} B of RAM"
+    msg = f"the plan needs {p.peak_bytes} B of RAM + {p.model_bytes} B for the loaded model"
     if p.weights_ram_bytes:
-        msg += f" + {p.weights_ram_bytes} B of weights read into the heap"
+        msg += f" (with {p.weights_ram_bytes} B of weights read into the heap)"
     msg += f", the board budget is {budget} B"
     for alt in ("sparse", "last-1", "bias-only"):
         if alt == p.policy:
